@@ -1,0 +1,6 @@
+//! The default queue's Lambda function. Wiring only: the task logic lives in `shared`.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    dualcaster::function::serve(dualcaster::queue::Queue::Default).await
+}

@@ -1,0 +1,77 @@
+//! What a running task can reach: Postgres, SQS, the settings, and its own deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+use crate::config::Settings;
+use crate::queue::Queue;
+use crate::telemetry::Progress;
+
+/// Clients built once per container and shared by every invocation.
+#[derive(Debug)]
+pub struct Services {
+    pub settings: Settings,
+    pub db: PgPool,
+    pub sqs: aws_sdk_sqs::Client,
+}
+
+/// Handed to each task run. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// The run's key: the envelope id, else the SQS message id, else a generated id.
+    pub run_key: String,
+    /// The queue the run came from (the function's own queue).
+    pub queue: Queue,
+    /// 1 for the first delivery, 2 for the first retry, ...
+    pub attempt: u32,
+    /// The Lambda function's name (the binary name when run locally).
+    pub function_name: Arc<str>,
+    pub(crate) deadline: Instant,
+    pub(crate) services: Arc<Services>,
+}
+
+impl TaskContext {
+    pub fn new(
+        services: Arc<Services>,
+        queue: Queue,
+        run_key: String,
+        attempt: u32,
+        function_name: Arc<str>,
+        deadline: Instant,
+    ) -> Self {
+        TaskContext {
+            run_key,
+            queue,
+            attempt,
+            function_name,
+            deadline,
+            services,
+        }
+    }
+
+    pub fn db(&self) -> &PgPool {
+        &self.services.db
+    }
+
+    pub fn sqs(&self) -> &aws_sdk_sqs::Client {
+        &self.services.sqs
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.services.settings
+    }
+
+    /// Time left before the runtime stops this run. Long tasks check it between chunks and continue in a
+    /// follow-up message rather than being cut off.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// A progress logger for `total` items of long work.
+    pub fn progress(&self, what: &'static str, total: u64) -> Progress {
+        Progress::new(what, total)
+    }
+}

@@ -1,0 +1,105 @@
+//! Postgres: the per-container pool, the embedded migrations and the task-run history.
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::error::TaskError;
+use crate::report::RunReport;
+
+/// The schema, embedded in every binary. Applied by `dualcaster migrate` (or `make migrate`), never
+/// implicitly on a cold start.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A small pool that connects on first use, so a cold start never waits for (or fails on) Postgres
+/// before a task actually needs it.
+pub fn lazy_pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = settings.database_url.expose_secret().parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.db_max_connections)
+        .min_connections(0)
+        .acquire_timeout(settings.db_acquire_timeout)
+        .idle_timeout(std::time::Duration::from_secs(60))
+        .connect_lazy_with(options.application_name("dualcaster-tasks")))
+}
+
+/// How the message of a finished attempt was left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Acknowledged,
+    RetryScheduled,
+    DeadLettered,
+    HandedBack,
+    /// A direct invoke: the report or the error went back to the caller.
+    Returned,
+}
+
+impl Disposition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Acknowledged => "acknowledged",
+            Disposition::RetryScheduled => "retry_scheduled",
+            Disposition::DeadLettered => "dead_lettered",
+            Disposition::HandedBack => "handed_back",
+            Disposition::Returned => "returned",
+        }
+    }
+}
+
+/// One finished attempt, as stored in `task_runs`.
+#[derive(Debug, Clone)]
+pub struct RunRecord<'a> {
+    pub report: &'a RunReport,
+    pub message_id: Option<&'a str>,
+    pub trigger: &'static str,
+    pub disposition: Disposition,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Where run history goes. `Disabled` is for in-process benchmarks and unit tests of the batch logic.
+#[derive(Debug, Clone)]
+pub enum RunLog {
+    Postgres(PgPool),
+    Disabled,
+}
+
+impl RunLog {
+    pub async fn record(&self, run: &RunRecord<'_>) -> Result<(), TaskError> {
+        let RunLog::Postgres(pool) = self else {
+            return Ok(());
+        };
+        let r = run.report;
+        let detail = (!r.detail.is_null()).then_some(&r.detail);
+        sqlx::query(
+            "INSERT INTO task_runs (run_id, task, run_key, message_id, queue, trigger, attempt, status, \
+             disposition, processed, errors, started_at, finished_at, duration_ms, reason, error_kind, \
+             error_class, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(r.task.as_deref())
+        .bind(&r.id)
+        .bind(run.message_id)
+        .bind(r.queue.as_str())
+        .bind(run.trigger)
+        .bind(r.attempt as i32)
+        .bind(r.status.as_str())
+        .bind(run.disposition.as_str())
+        .bind(r.counts.processed as i64)
+        .bind(r.counts.errors as i64)
+        .bind(run.started_at)
+        .bind(run.finished_at)
+        .bind(r.duration_ms as i64)
+        .bind(r.reason.as_deref())
+        .bind(r.error_kind.as_deref())
+        .bind(r.error_class.as_deref())
+        .bind(detail.map(sqlx::types::Json))
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+}

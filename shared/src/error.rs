@@ -1,0 +1,243 @@
+//! Errors with a class: what the runtime does with a failure depends only on its [`ErrorKind`].
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Whether trying again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Network trouble, throttling, a database that is restarting, a deadline: the message comes back later
+    /// with an exponential, jittered delay, up to the task's retry limit.
+    Retryable,
+    /// Not JSON, unknown task, invalid arguments, a bug: retrying cannot help, so the message goes to the
+    /// dead-letter queue at once.
+    Permanent,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Retryable => "retryable",
+            ErrorKind::Permanent => "permanent",
+        }
+    }
+}
+
+/// Stable, machine-readable error classes. They end up in DLQ message attributes, task-run history,
+/// metrics and Lambda error types, so renaming one is a breaking change.
+pub mod class {
+    pub const MALFORMED_MESSAGE: &str = "malformed_message";
+    pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
+    pub const UNKNOWN_TASK: &str = "unknown_task";
+    pub const WRONG_QUEUE: &str = "wrong_queue";
+    pub const INVALID_KWARGS: &str = "invalid_kwargs";
+    pub const TASK_FAILED: &str = "task_failed";
+    pub const PANIC: &str = "panic";
+    pub const DATABASE: &str = "database";
+    pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";
+    pub const UPSTREAM: &str = "upstream";
+    pub const UPSTREAM_UNAVAILABLE: &str = "upstream_unavailable";
+    pub const THROTTLED: &str = "throttled";
+    pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+    pub const TASK_RETRYABLE: &str = "task_retryable";
+}
+
+/// A task or runtime failure: its kind decides retry vs dead-letter; its class and message travel with
+/// the message to the DLQ.
+#[derive(Debug)]
+pub struct TaskError {
+    kind: ErrorKind,
+    class: Cow<'static, str>,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl TaskError {
+    pub fn new(
+        kind: ErrorKind,
+        class: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        TaskError {
+            kind,
+            class: class.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn permanent(class: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Permanent, class, message)
+    }
+
+    /// A failure that may go away if the message is tried again later.
+    pub fn retryable(class: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Retryable, class, message)
+    }
+
+    /// Keeps the underlying error for `Debug` output and the source chain.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Prefixes the message with what was being done, like `anyhow::Context`.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind == ErrorKind::Retryable
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.class,
+            self.kind.as_str(),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for TaskError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Postgres errors: connection trouble, restarts, serialization failures and deadlocks are worth retrying;
+/// constraint violations and bad SQL are not.
+impl From<sqlx::Error> for TaskError {
+    fn from(err: sqlx::Error) -> Self {
+        let kind = match &err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => ErrorKind::Retryable,
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                Some(code) if is_transient_sqlstate(code) => ErrorKind::Retryable,
+                _ => ErrorKind::Permanent,
+            },
+            _ => ErrorKind::Permanent,
+        };
+        let class = match kind {
+            ErrorKind::Retryable => class::DATABASE_UNAVAILABLE,
+            ErrorKind::Permanent => class::DATABASE,
+        };
+        TaskError::new(kind, class, err.to_string()).with_source(err)
+    }
+}
+
+/// SQLSTATEs that describe the server's state rather than the statement: connection exceptions (08),
+/// serialization failure and deadlock (40001, 40P01), insufficient resources (53), operator intervention
+/// such as a shutdown or a server still starting (57P01-57P03).
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "40001" | "40P01" | "57P01" | "57P02" | "57P03")
+}
+
+/// Classifies an AWS SDK error: transport failures, timeouts, throttling and 5xx are retryable.
+pub fn from_sdk_error<E, R>(what: &str, err: aws_sdk_sqs::error::SdkError<E, R>) -> TaskError
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+    let code = err.code().map(str::to_owned);
+    let message = format!("{what}: {}", aws_sdk_sqs::error::DisplayErrorContext(&err));
+    let (kind, class) = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            (ErrorKind::Retryable, class::UPSTREAM_UNAVAILABLE)
+        }
+        SdkError::ServiceError(_) => match code.as_deref() {
+            Some(c)
+                if c.contains("Throttl")
+                    || c == "RequestThrottled"
+                    || c == "TooManyRequestsException" =>
+            {
+                (ErrorKind::Retryable, class::THROTTLED)
+            }
+            Some("ServiceUnavailable" | "InternalError" | "InternalFailure" | "KmsThrottled") => {
+                (ErrorKind::Retryable, class::UPSTREAM_UNAVAILABLE)
+            }
+            _ => (ErrorKind::Permanent, class::UPSTREAM),
+        },
+        _ => (ErrorKind::Permanent, class::UPSTREAM),
+    };
+    TaskError::new(kind, class, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constructors_set_kind_and_class() {
+        let e = TaskError::permanent(class::INVALID_KWARGS, "limit: must be at most 10");
+        assert_eq!(e.kind(), ErrorKind::Permanent);
+        assert_eq!(e.class(), "invalid_kwargs");
+        assert!(!e.is_retryable());
+        assert_eq!(
+            e.to_string(),
+            "invalid_kwargs (permanent): limit: must be at most 10"
+        );
+
+        let e = TaskError::retryable(class::THROTTLED, "slow down").context("sending to DLQ");
+        assert!(e.is_retryable());
+        assert_eq!(e.message(), "sending to DLQ: slow down");
+    }
+
+    #[test]
+    fn pool_and_io_errors_are_retryable() {
+        let e: TaskError = sqlx::Error::PoolTimedOut.into();
+        assert_eq!(e.kind(), ErrorKind::Retryable);
+        assert_eq!(e.class(), class::DATABASE_UNAVAILABLE);
+
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e: TaskError = sqlx::Error::Io(io).into();
+        assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn row_not_found_and_decode_errors_are_permanent() {
+        let e: TaskError = sqlx::Error::RowNotFound.into();
+        assert_eq!(e.kind(), ErrorKind::Permanent);
+        assert_eq!(e.class(), class::DATABASE);
+    }
+
+    #[test]
+    fn transient_sqlstates() {
+        for code in [
+            "08006", "08001", "40001", "40P01", "53300", "57P01", "57P03",
+        ] {
+            assert!(is_transient_sqlstate(code), "{code} should be transient");
+        }
+        for code in ["23505", "42P01", "22003", "42601"] {
+            assert!(!is_transient_sqlstate(code), "{code} should be permanent");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Start-up of a queue's Lambda function: telemetry, settings, clients and the pool are built once per
+//! container, then every invocation goes to the shared [`Runtime`].
+
+use std::sync::Arc;
+
+use lambda_runtime::{service_fn, LambdaEvent};
+use serde_json::Value;
+
+use crate::config::Settings;
+use crate::context::Services;
+use crate::db::{self, RunLog};
+use crate::queue::{Queue, SqsQueueOps};
+use crate::registry::Registry;
+use crate::runtime::{Invocation, Runtime};
+use crate::telemetry;
+
+/// Builds the runtime for `queue` from the environment (fails fast, naming a missing variable).
+pub async fn build(queue: Queue) -> Result<Runtime, lambda_runtime::Error> {
+    let settings = Settings::from_env()?;
+    let aws = aws_config::load_from_env().await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let pool = db::lazy_pool(&settings)?;
+    let function_name =
+        std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| format!("dualcaster-{queue}"));
+    let services = Arc::new(Services {
+        settings,
+        db: pool.clone(),
+        sqs: sqs.clone(),
+    });
+    Ok(Runtime::new(
+        queue,
+        Registry::builtin(),
+        services,
+        Arc::new(SqsQueueOps::new(sqs)),
+        RunLog::Postgres(pool),
+        function_name,
+    ))
+}
+
+/// Runs the Lambda function of `queue` until the runtime API goes away.
+pub async fn serve(queue: Queue) -> Result<(), lambda_runtime::Error> {
+    telemetry::init();
+    let runtime = match build(queue).await {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, queue = %queue, "cold start failed");
+            return Err(e);
+        }
+    };
+    tracing::info!(queue = %queue, tasks = runtime.registry().iter().count(), "function ready");
+    let runtime = &runtime;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let invocation = Invocation::from_lambda(&event.context);
+        runtime.handle(event.payload, invocation).await
+    }))
+    .await
+}

@@ -1,0 +1,23 @@
+//! The Dualcaster Deals task platform: the task envelope, the registry of tasks, the SQS batch runtime that
+//! every Lambda function runs, and the task logic itself (one file per task under [`tasks`]).
+//!
+//! The functions in `functions/*` only wire things together: they load [`config::Settings`], set up
+//! [`telemetry`], build the clients and the Postgres pool once per container and hand every invocation to
+//! [`runtime::Runtime::handle`].
+
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod envelope;
+pub mod error;
+pub mod function;
+pub mod metrics;
+pub mod queue;
+pub mod registry;
+pub mod report;
+pub mod retry;
+pub mod runtime;
+pub mod tasks;
+pub mod telemetry;
+
+pub use error::{ErrorKind, TaskError};

@@ -1,0 +1,319 @@
+//! The registry: every task's name, queue, retry policy and entry point, in one place.
+//!
+//! A task is a type implementing [`Task`] in its own file under `tasks/`; one line in `tasks/mod.rs`
+//! registers it. Routing (which queue a task goes to) comes from here, for the functions, the CLI and the
+//! SAM template alike.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::context::TaskContext;
+use crate::envelope::Envelope;
+use crate::error::{class, TaskError};
+use crate::queue::Queue;
+use crate::report::{Counts, TaskReport};
+use crate::retry::RetryPolicy;
+
+/// A unit of background work.
+///
+/// ```ignore
+/// pub struct Ping;
+/// impl Task for Ping {
+///     const NAME: &'static str = "ping";
+///     const QUEUE: Queue = Queue::Default;
+///     const RETRY: RetryPolicy = RetryPolicy::STANDARD;
+///     type Args = PingArgs;
+///     type Report = PingReport;
+///     async fn run(args: PingArgs, ctx: TaskContext) -> Result<PingReport, TaskError> { ... }
+/// }
+/// ```
+pub trait Task: Send + Sync + 'static {
+    /// The name in envelopes, schedules, metrics and history. Never rename a deployed task.
+    const NAME: &'static str;
+    /// The queue (and so the function) that runs it.
+    const QUEUE: Queue;
+    /// How retryable failures are retried.
+    const RETRY: RetryPolicy = RetryPolicy::STANDARD;
+
+    /// Typed arguments: unknown fields must be rejected (`#[serde(deny_unknown_fields)]`); bounds are
+    /// declared with `garde`.
+    type Args: DeserializeOwned + garde::Validate<Context = ()> + Send + 'static;
+    type Report: TaskReport;
+
+    fn run(
+        args: Self::Args,
+        ctx: TaskContext,
+    ) -> impl Future<Output = Result<Self::Report, TaskError>> + Send;
+}
+
+/// A finished run's report with the task type erased.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOutput {
+    pub counts: Counts,
+    pub skipped: Option<String>,
+    pub detail: Value,
+}
+
+type RunFn =
+    fn(Map<String, Value>, TaskContext) -> BoxFuture<'static, Result<TaskOutput, TaskError>>;
+type CheckFn = fn(&Map<String, Value>) -> Result<(), TaskError>;
+
+/// A registered task, type-erased so tasks of every type fit in one registry.
+#[derive(Clone, Copy)]
+pub struct TaskSpec {
+    pub name: &'static str,
+    pub queue: Queue,
+    pub retry: RetryPolicy,
+    run: RunFn,
+    check: CheckFn,
+}
+
+impl std::fmt::Debug for TaskSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskSpec")
+            .field("name", &self.name)
+            .field("queue", &self.queue)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskSpec {
+    pub fn of<T: Task>() -> TaskSpec {
+        TaskSpec {
+            name: T::NAME,
+            queue: T::QUEUE,
+            retry: T::RETRY,
+            run: run_erased::<T>,
+            check: |kwargs| parse_args::<T>(kwargs.clone()).map(drop),
+        }
+    }
+
+    /// Validates arguments without running: used before enqueueing, so bad kwargs fail at the caller.
+    pub fn check_kwargs(&self, kwargs: &Map<String, Value>) -> Result<(), TaskError> {
+        (self.check)(kwargs)
+    }
+
+    /// Parses the arguments and runs the task. Invalid arguments are a permanent `invalid_kwargs` error.
+    pub fn run(
+        &self,
+        kwargs: Map<String, Value>,
+        ctx: TaskContext,
+    ) -> BoxFuture<'static, Result<TaskOutput, TaskError>> {
+        (self.run)(kwargs, ctx)
+    }
+}
+
+fn parse_args<T: Task>(kwargs: Map<String, Value>) -> Result<T::Args, TaskError> {
+    let args: T::Args = serde_json::from_value(Value::Object(kwargs)).map_err(|e| {
+        TaskError::permanent(class::INVALID_KWARGS, format!("task `{}`: {e}", T::NAME))
+    })?;
+    garde::Validate::validate(&args).map_err(|report| {
+        let problems: Vec<String> = report
+            .iter()
+            .map(|(path, error)| format!("{path}: {error}"))
+            .collect();
+        TaskError::permanent(
+            class::INVALID_KWARGS,
+            format!("task `{}`: {}", T::NAME, problems.join("; ")),
+        )
+    })?;
+    Ok(args)
+}
+
+fn run_erased<T: Task>(
+    kwargs: Map<String, Value>,
+    ctx: TaskContext,
+) -> BoxFuture<'static, Result<TaskOutput, TaskError>> {
+    Box::pin(async move {
+        let args = parse_args::<T>(kwargs)?;
+        let report = T::run(args, ctx).await?;
+        let detail = serde_json::to_value(&report).map_err(|e| {
+            TaskError::permanent(
+                class::TASK_FAILED,
+                format!("task `{}`: report is not serializable: {e}", T::NAME),
+            )
+        })?;
+        Ok(TaskOutput {
+            counts: report.counts(),
+            skipped: report.skipped(),
+            detail,
+        })
+    })
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("task `{0}` is registered twice")]
+    Duplicate(&'static str),
+    #[error("task name `{0}` must be lower snake_case ASCII")]
+    BadName(&'static str),
+}
+
+/// Every task this build knows, by name.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    tasks: BTreeMap<&'static str, TaskSpec>,
+}
+
+impl Registry {
+    /// The tasks shipped in `tasks/`.
+    pub fn builtin() -> Registry {
+        // The built-in list is checked by a unit test, so this cannot fail in a tested build.
+        Registry::from_specs(crate::tasks::all())
+            .unwrap_or_else(|e| panic!("built-in registry: {e}"))
+    }
+
+    pub fn from_specs(
+        specs: impl IntoIterator<Item = TaskSpec>,
+    ) -> Result<Registry, RegistryError> {
+        let mut registry = Registry {
+            tasks: BTreeMap::new(),
+        };
+        for spec in specs {
+            registry = registry.with(spec)?;
+        }
+        Ok(registry)
+    }
+
+    /// Adds a task (tests register their own this way).
+    pub fn with(mut self, spec: TaskSpec) -> Result<Registry, RegistryError> {
+        let valid = !spec.name.is_empty()
+            && spec
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && spec.name.as_bytes()[0].is_ascii_lowercase();
+        if !valid {
+            return Err(RegistryError::BadName(spec.name));
+        }
+        if self.tasks.insert(spec.name, spec).is_some() {
+            return Err(RegistryError::Duplicate(spec.name));
+        }
+        Ok(self)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TaskSpec> {
+        self.tasks.get(name)
+    }
+
+    /// Looks a task up, or explains which tasks exist.
+    pub fn lookup(&self, name: &str) -> Result<&TaskSpec, TaskError> {
+        self.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.tasks.keys().copied().collect();
+            TaskError::permanent(
+                class::UNKNOWN_TASK,
+                format!("unknown task `{name}` (registered: {})", known.join(", ")),
+            )
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &TaskSpec> {
+        self.tasks.values()
+    }
+
+    /// The queue a task is routed to.
+    pub fn route(&self, name: &str) -> Result<Queue, TaskError> {
+        Ok(self.lookup(name)?.queue)
+    }
+
+    /// Builds a checked envelope for `task`: the task exists and the arguments are valid.
+    pub fn envelope(
+        &self,
+        task: &str,
+        kwargs: Map<String, Value>,
+    ) -> Result<(Queue, Envelope), TaskError> {
+        let spec = self.lookup(task)?;
+        spec.check_kwargs(&kwargs)?;
+        Ok((spec.queue, Envelope::new(task, kwargs)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use serde_json::json;
+
+    fn kwargs(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn builtin_registry_is_valid_and_routes() {
+        let r = Registry::builtin();
+        assert_eq!(r.route("ping").unwrap(), Queue::Default);
+        assert_eq!(r.route("dlq_report").unwrap(), Queue::Default);
+        let names: Vec<_> = r.iter().map(|s| s.name).collect();
+        assert_eq!(names, vec!["dlq_report", "ping"]);
+    }
+
+    #[test]
+    fn every_task_fits_inside_the_queue_redrive_backstop() {
+        // The queues' redrive policy (maxReceiveCount in infra/template.yaml) must leave room for every
+        // retry plus a couple of crash redeliveries, so the runtime, not the backstop, dead-letters.
+        for spec in Registry::builtin().iter() {
+            assert!(
+                spec.retry.max_retries + 1 <= 8,
+                "{} retries too often",
+                spec.name
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_task_names_the_registered_ones() {
+        let err = Registry::builtin().lookup("pong").unwrap_err();
+        assert_eq!(err.class(), "unknown_task");
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+        assert!(
+            err.message().contains("registered: dlq_report, ping"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn duplicates_and_bad_names_are_refused() {
+        let ping = *Registry::builtin().get("ping").unwrap();
+        let err = Registry::from_specs([ping, ping]).unwrap_err();
+        assert_eq!(err, RegistryError::Duplicate("ping"));
+        let mut bad = ping;
+        bad.name = "Ping-Task";
+        assert_eq!(
+            Registry::from_specs([bad]).unwrap_err(),
+            RegistryError::BadName("Ping-Task")
+        );
+    }
+
+    #[test]
+    fn envelope_checks_kwargs_before_anything_is_sent() {
+        let r = Registry::builtin();
+        let (queue, env) = r.envelope("ping", kwargs(json!({"note": "hi"}))).unwrap();
+        assert_eq!(queue, Queue::Default);
+        assert_eq!(env.task, "ping");
+
+        let err = r.envelope("ping", kwargs(json!({"nope": 1}))).unwrap_err();
+        assert_eq!(err.class(), "invalid_kwargs");
+        assert!(
+            err.message().contains("unknown field `nope`"),
+            "{}",
+            err.message()
+        );
+
+        let err = r
+            .envelope("ping", kwargs(json!({"work_ms": "slow"})))
+            .unwrap_err();
+        assert_eq!(err.class(), "invalid_kwargs");
+
+        let err = r
+            .envelope("ping", kwargs(json!({"work_ms": 10_000_000})))
+            .unwrap_err();
+        assert_eq!(err.class(), "invalid_kwargs");
+        assert!(err.message().contains("work_ms"), "{}", err.message());
+    }
+}

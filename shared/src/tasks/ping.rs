@@ -1,0 +1,138 @@
+//! `ping`: the health task. Proves that a queue, its function and Postgres work end to end, and records a
+//! heartbeat per run. Its `drill` argument makes it fail on purpose, so operators can rehearse the retry
+//! and dead-letter path (and its alarms) in a real environment.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::context::TaskContext;
+use crate::error::{class, TaskError};
+use crate::queue::Queue;
+use crate::registry::Task;
+use crate::report::{Counts, TaskReport};
+use crate::retry::RetryPolicy;
+
+pub struct Ping;
+
+/// How a drill run fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Drill {
+    /// Fails retryably on every attempt: retried with backoff, then dead-lettered.
+    Retryable,
+    /// Fails permanently: dead-lettered on the first attempt.
+    Permanent,
+    /// Panics: the runtime catches it and dead-letters the message.
+    Panic,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, garde::Validate)]
+#[serde(deny_unknown_fields)]
+pub struct PingArgs {
+    /// Free text stored with the heartbeat.
+    #[serde(default)]
+    #[garde(length(chars, max = 200))]
+    pub note: Option<String>,
+    /// Simulated work before the heartbeat is written, in milliseconds.
+    #[serde(default)]
+    #[garde(range(max = 60_000))]
+    pub work_ms: u32,
+    /// Fail on purpose (see [`Drill`]).
+    #[serde(default)]
+    #[garde(skip)]
+    pub drill: Option<Drill>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingReport {
+    pub queue: Queue,
+    pub function: String,
+    /// Postgres's clock, read in the same round trip that was timed.
+    pub db_time: DateTime<Utc>,
+    pub db_roundtrip_us: u64,
+    /// False when this run's key already had a heartbeat (a redelivery): nothing new was written.
+    pub recorded: bool,
+}
+
+impl TaskReport for PingReport {
+    fn counts(&self) -> Counts {
+        Counts::new(1, 0)
+    }
+}
+
+impl Task for Ping {
+    const NAME: &'static str = "ping";
+    const QUEUE: Queue = Queue::Default;
+    const RETRY: RetryPolicy = RetryPolicy::new(3, Duration::from_secs(1), Duration::from_secs(30));
+    type Args = PingArgs;
+    type Report = PingReport;
+
+    async fn run(args: PingArgs, ctx: TaskContext) -> Result<PingReport, TaskError> {
+        if args.work_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(args.work_ms.into())).await;
+        }
+        match args.drill {
+            Some(Drill::Retryable) => {
+                return Err(TaskError::retryable(
+                    class::TASK_RETRYABLE,
+                    format!("drill: retryable failure on attempt {}", ctx.attempt),
+                ))
+            }
+            Some(Drill::Permanent) => {
+                return Err(TaskError::permanent(class::TASK_FAILED, "drill: permanent failure"))
+            }
+            Some(Drill::Panic) => panic!("drill: ping was asked to panic"),
+            None => {}
+        }
+
+        let started = Instant::now();
+        let db_time: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(ctx.db()).await?;
+        let db_roundtrip_us = started.elapsed().as_micros() as u64;
+
+        let inserted = sqlx::query(
+            "INSERT INTO health_checks (check_key, queue, function_name, note, checked_at, db_roundtrip_us) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (check_key) DO NOTHING",
+        )
+        .bind(&ctx.run_key)
+        .bind(ctx.queue.as_str())
+        .bind(&*ctx.function_name)
+        .bind(args.note.as_deref())
+        .bind(db_time)
+        .bind(db_roundtrip_us as i64)
+        .execute(ctx.db())
+        .await?
+        .rows_affected();
+
+        Ok(PingReport {
+            queue: ctx.queue,
+            function: ctx.function_name.to_string(),
+            db_time,
+            db_roundtrip_us,
+            recorded: inserted == 1,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::TaskSpec;
+    use serde_json::json;
+
+    fn check(v: serde_json::Value) -> Result<(), TaskError> {
+        TaskSpec::of::<Ping>().check_kwargs(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn arguments_have_defaults_and_bounds() {
+        assert!(check(json!({})).is_ok());
+        assert!(check(json!({"note": "hello", "work_ms": 60000, "drill": "panic"})).is_ok());
+        assert!(check(json!({"work_ms": 60001})).is_err());
+        assert!(check(json!({"work_ms": -1})).is_err());
+        assert!(check(json!({"note": "x".repeat(201)})).is_err());
+        assert!(check(json!({"drill": "explode"})).is_err());
+        assert!(check(json!({"note": null})).is_ok());
+    }
+}
