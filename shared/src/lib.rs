@@ -20,4 +20,7 @@ pub mod runtime;
 pub mod tasks;
 pub mod telemetry;
 
+#[cfg(feature = "local")]
+pub mod local;
+
 pub use error::{ErrorKind, TaskError};

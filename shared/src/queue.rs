@@ -217,7 +217,12 @@ impl QueueOps for SqsQueueOps {
         delay: Duration,
     ) -> BoxFuture<'a, Result<(), TaskError>> {
         Box::pin(async move {
-            let secs = delay.as_secs().min(crate::retry::MAX_VISIBILITY.as_secs()) as i32;
+            // Visibility is whole seconds: round up so a delay is never shorter than planned.
+            let secs = delay
+                .as_millis()
+                .div_ceil(1000)
+                .min(u128::from(crate::retry::MAX_VISIBILITY.as_secs()))
+                as i32;
             self.client
                 .change_message_visibility()
                 .queue_url(queue_url)

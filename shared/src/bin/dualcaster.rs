@@ -1,1 +1,484 @@
-fn main() {}
+//! `dualcaster`: the operator and developer command line for the task platform.
+//!
+//! ```text
+//! dualcaster migrate                          apply the embedded migrations to DATABASE_URL
+//! dualcaster provision --stack NAME           create the template's queues (LocalStack) and write an env file
+//! dualcaster enqueue TASK --kwargs '{...}'    validate and send an envelope to the task's queue
+//! dualcaster invoke TASK --kwargs '{...}'     run a task here, synchronously, and print its report
+//! dualcaster tasks                            list registered tasks with their queue and retry policy
+//! dualcaster demo                             the whole system on this machine, end to end
+//! ```
+//!
+//! Settings come from the environment; `.local/stack.env` (written by `provision`) fills in what is unset.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use serde_json::{json, Map, Value};
+
+use dualcaster::config::Settings;
+use dualcaster::context::Services;
+use dualcaster::db::{self, RunLog, MIGRATOR};
+use dualcaster::envelope::Envelope;
+use dualcaster::local::event_source::{invoke_function, EventSource};
+use dualcaster::local::function::{Invoked, LocalFunction};
+use dualcaster::local::runtime_api::InvokeOutcome;
+use dualcaster::local::template::{provision, Template};
+use dualcaster::local::{function_binary, load_env_file, local_aws_defaults, local_sqs};
+use dualcaster::queue::{Queue, SqsQueueOps};
+use dualcaster::registry::Registry;
+use dualcaster::runtime::{Invocation, Runtime};
+
+#[derive(Parser)]
+#[command(
+    name = "dualcaster",
+    about = "Dualcaster Deals task platform: operate and run it locally"
+)]
+struct Cli {
+    /// Env file read before anything else (variables already set win).
+    #[arg(long, global = true, default_value = ".local/stack.env")]
+    env_file: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the embedded migrations to DATABASE_URL.
+    Migrate,
+    /// Create the SAM template's queues and DLQs in SQS (LocalStack) under a stack name.
+    Provision {
+        #[arg(long, default_value = "dualcaster-local")]
+        stack: String,
+        #[arg(long, default_value = "infra/template.yaml")]
+        template: PathBuf,
+        /// Where to write the functions' environment (queue URLs, database, AWS endpoint).
+        #[arg(long, default_value = ".local/stack.env")]
+        write_env: PathBuf,
+    },
+    /// List the registered tasks.
+    Tasks,
+    /// Validate arguments and send a task to its queue (routing from the registry).
+    Enqueue {
+        task: String,
+        #[arg(long, default_value = "{}")]
+        kwargs: String,
+        #[arg(long)]
+        id: Option<String>,
+        /// Skip the run if it has not started within this many seconds.
+        #[arg(long)]
+        expires_in: Option<i64>,
+    },
+    /// Run one task in this process, as a direct invoke of its function would, and print the report.
+    Invoke {
+        task: String,
+        #[arg(long, default_value = "{}")]
+        kwargs: String,
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Provision, start the three functions locally, feed them from their queues, send a scripted mix of
+    /// tasks (good, retried, poison, expired), wait until every queue is empty and print what happened.
+    Demo {
+        #[arg(long, default_value = "dualcaster-local")]
+        stack: String,
+        #[arg(long, default_value = "infra/template.yaml")]
+        template: PathBuf,
+        /// Give up waiting for the queues to empty after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if cli.env_file.is_file() {
+        load_env_file(&cli.env_file)
+            .with_context(|| format!("reading {}", cli.env_file.display()))?;
+    }
+    match cli.command {
+        Command::Migrate => migrate().await,
+        Command::Provision {
+            stack,
+            template,
+            write_env,
+        } => {
+            let env = provision_stack(&stack, &template).await?;
+            write_env_file(&write_env, &env)?;
+            for (k, v) in &env {
+                if k != "DATABASE_URL" {
+                    println!("{k}={v}");
+                }
+            }
+            eprintln!("wrote {}", write_env.display());
+            Ok(())
+        }
+        Command::Tasks => {
+            for spec in Registry::builtin().iter() {
+                println!(
+                    "{:<20} queue={:<10} max_retries={} base_delay={:?} max_delay={:?}",
+                    spec.name,
+                    spec.queue,
+                    spec.retry.max_retries,
+                    spec.retry.base_delay,
+                    spec.retry.max_delay
+                );
+            }
+            Ok(())
+        }
+        Command::Enqueue {
+            task,
+            kwargs,
+            id,
+            expires_in,
+        } => {
+            let settings = Settings::from_env()?;
+            let (queue, mut envelope) = Registry::builtin()
+                .envelope(&task, parse_kwargs(&kwargs)?)
+                .map_err(|e| anyhow!("{e}"))?;
+            envelope.id = Some(id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()));
+            if let Some(secs) = expires_in {
+                envelope.expires_at = Some(Utc::now() + chrono::Duration::seconds(secs));
+            }
+            let sqs = local_sqs().await;
+            let out = sqs
+                .send_message()
+                .queue_url(&settings.urls(queue).queue)
+                .message_body(envelope.to_json())
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "SendMessage: {}",
+                        aws_sdk_sqs::error::DisplayErrorContext(&e)
+                    )
+                })?;
+            println!(
+                "{}",
+                json!({"queue": queue, "message_id": out.message_id(), "envelope": envelope})
+            );
+            Ok(())
+        }
+        Command::Invoke { task, kwargs, id } => {
+            let registry = Registry::builtin();
+            let queue = registry.route(&task).map_err(|e| anyhow!("{e}"))?;
+            let runtime = local_runtime(queue).await?;
+            let mut envelope = Envelope::new(task, parse_kwargs(&kwargs)?);
+            envelope.id = id;
+            let payload = serde_json::to_value(&envelope)?;
+            match runtime
+                .handle(
+                    payload,
+                    Invocation::with_timeout("cli", Duration::from_secs(900)),
+                )
+                .await
+            {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    Ok(())
+                }
+                Err(e) => bail!("{}: {}", e.error_type, e.message),
+            }
+        }
+        Command::Demo {
+            stack,
+            template,
+            timeout,
+        } => demo(&stack, &template, Duration::from_secs(timeout)).await,
+    }
+}
+
+fn parse_kwargs(text: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(text).context("--kwargs must be a JSON object")? {
+        Value::Object(map) => Ok(map),
+        other => bail!("--kwargs must be a JSON object, got {other}"),
+    }
+}
+
+fn database_url() -> Result<String> {
+    std::env::var("DATABASE_URL").map_err(|_| anyhow!("missing environment variable DATABASE_URL"))
+}
+
+async fn migrate() -> Result<()> {
+    let pool = sqlx::PgPool::connect(&database_url()?)
+        .await
+        .context("connecting to DATABASE_URL")?;
+    MIGRATOR.run(&pool).await.context("applying migrations")?;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await?;
+    eprintln!("migrations applied: {applied}");
+    Ok(())
+}
+
+/// Creates the queues and returns the functions' environment for them.
+async fn provision_stack(stack: &str, template: &PathBuf) -> Result<BTreeMap<String, String>> {
+    let template = Template::load(template)?;
+    let sqs = local_sqs().await;
+    let provisioned = provision(&sqs, &template, stack, &BTreeMap::new()).await?;
+    let mut env = local_aws_defaults();
+    env.extend(provisioned.env);
+    env.insert(
+        "DATABASE_URL".into(),
+        std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgresql://app:app@127.0.0.1:5432/app".into()),
+    );
+    Ok(env)
+}
+
+fn write_env_file(path: &PathBuf, env: &BTreeMap<String, String>) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = String::from(
+        "# Written by `dualcaster provision`: the local stack's queues and services.\n",
+    );
+    for (k, v) in env {
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+async fn local_runtime(queue: Queue) -> Result<Runtime> {
+    let settings = Settings::from_env()?;
+    let sqs = local_sqs().await;
+    let pool = db::lazy_pool(&settings)?;
+    let services = Arc::new(Services {
+        settings,
+        db: pool.clone(),
+        sqs: sqs.clone(),
+    });
+    Ok(Runtime::new(
+        queue,
+        Registry::builtin(),
+        services,
+        Arc::new(SqsQueueOps::new(sqs)),
+        RunLog::Postgres(pool),
+        format!("dualcaster-cli-{queue}"),
+    ))
+}
+
+async fn demo(stack: &str, template: &PathBuf, timeout: Duration) -> Result<()> {
+    let started = Utc::now();
+    println!(
+        "== provisioning queues for stack `{stack}` from {}",
+        template.display()
+    );
+    let env = provision_stack(stack, template).await?;
+    for (k, v) in &env {
+        std::env::set_var(k, v);
+    }
+    migrate().await?;
+    let settings = Settings::from_env()?;
+    let pool = sqlx::PgPool::connect(settings.database_url.expose_secret()).await?;
+    let sqs = local_sqs().await;
+    // Start from empty queues, so the DLQ report below shows this run only.
+    for queue in Queue::ALL {
+        let urls = settings.urls(queue);
+        for url in [&urls.queue, &urls.dlq] {
+            let _ = sqs.purge_queue().queue_url(url).send().await;
+        }
+    }
+
+    std::fs::create_dir_all(".local/logs")?;
+    let mut function_env = env.clone();
+    function_env.insert("DD_DEADLINE_MARGIN_MS".into(), "2000".into());
+    let mut sources = Vec::new();
+    for queue in Queue::ALL {
+        let log = PathBuf::from(format!(".local/logs/function-{queue}.log"));
+        let function = LocalFunction::start(
+            &format!("{stack}-{queue}"),
+            &function_binary(queue)?,
+            function_env.clone(),
+            Duration::from_secs(60),
+            Some(log.clone()),
+        )
+        .await?;
+        let source = EventSource::new(
+            sqs.clone(),
+            &settings.urls(queue).queue,
+            10,
+            Duration::from_millis(200),
+        )
+        .await?;
+        println!(
+            "== started the {queue} function (pid {:?}, logs in {})",
+            function.pid(),
+            log.display()
+        );
+        sources.push((queue, Arc::new(function), source));
+    }
+
+    // The event source mappings: one poller per queue.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut pollers = Vec::new();
+    for (queue, function, source) in &sources {
+        let (queue, function, source, stop) =
+            (*queue, function.clone(), source.clone(), stop.clone());
+        pollers.push(tokio::spawn(async move {
+            loop {
+                let poll = source.poll_once(Duration::from_secs(1), |event| invoke_function(&function, event));
+                tokio::select! {
+                    _ = stop.notified() => return,
+                    result = poll => match result {
+                        Ok(d) if d.received > 0 => println!(
+                            "   {queue}: batch of {} -> {} deleted, {} handed back{}",
+                            d.received, d.deleted, d.failed.len(),
+                            d.invoke_error.map(|e| format!(" (invoke failed: {e})")).unwrap_or_default()
+                        ),
+                        Ok(_) => {}
+                        Err(e) => { eprintln!("   {queue}: poll failed: {e:#}"); tokio::time::sleep(Duration::from_secs(1)).await; }
+                    }
+                }
+            }
+        }));
+    }
+
+    println!("== sending a mix of messages to the default queue");
+    let registry = Registry::builtin();
+    let default_url = settings.urls(Queue::Default).queue.clone();
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut bodies = Vec::new();
+    for i in 0..5 {
+        let (_, e) = registry
+            .envelope(
+                "ping",
+                json!({"note": format!("demo ping {i}")})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+        bodies.push((
+            "ping",
+            e.with_id(format!("demo-{run_id}-ping-{i}")).to_json(),
+        ));
+    }
+    let drill = |kind: &str| {
+        json!({"task": "ping", "id": format!("demo-{run_id}-drill-{kind}"), "kwargs": {"drill": kind}}).to_string()
+    };
+    bodies.push((
+        "ping (retryable drill: retried with backoff, then DLQ)",
+        drill("retryable"),
+    ));
+    bodies.push(("ping (permanent drill: DLQ at once)", drill("permanent")));
+    bodies.push(("not JSON (DLQ at once)", "{\"task\": \"ping\"".to_owned()));
+    bodies.push((
+        "unknown task (DLQ at once)",
+        json!({"task": "pong"}).to_string(),
+    ));
+    bodies.push((
+        "expired envelope (skipped)",
+        Envelope::new("ping", Map::new())
+            .with_id(format!("demo-{run_id}-expired"))
+            .expiring_at(Utc::now() - chrono::Duration::minutes(1))
+            .to_json(),
+    ));
+    for (what, body) in &bodies {
+        sqs.send_message()
+            .queue_url(&default_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "SendMessage: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                )
+            })?;
+        println!("   sent: {what}");
+    }
+
+    println!("== waiting for every queue to empty");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut backlog = 0;
+        for (_, _, source) in &sources {
+            backlog += source.backlog().await?;
+        }
+        if backlog == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("queues still hold {backlog} messages after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.notify_waiters();
+    for p in pollers {
+        p.abort();
+    }
+
+    println!("== task runs since the demo started (from task_runs)");
+    let rows: Vec<(Option<String>, String, String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT task, status, disposition, count(*), string_agg(DISTINCT error_class, ',') \
+         FROM task_runs WHERE started_at >= $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )
+    .bind(started)
+    .fetch_all(&pool)
+    .await?;
+    println!(
+        "   {:<12} {:<10} {:<16} {:>5}  error classes",
+        "task", "status", "disposition", "runs"
+    );
+    for (task, status, disposition, n, classes) in rows {
+        println!(
+            "   {:<12} {:<10} {:<16} {:>5}  {}",
+            task.unwrap_or_else(|| "(none)".into()),
+            status,
+            disposition,
+            n,
+            classes.unwrap_or_default()
+        );
+    }
+    let heartbeats: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM health_checks WHERE check_key LIKE $1")
+            .bind(format!("demo-{run_id}-%"))
+            .fetch_one(&pool)
+            .await?;
+    println!("   heartbeats written by this demo: {heartbeats}");
+
+    println!(
+        "== dlq_report, invoked directly on the default function (as `aws lambda invoke` would)"
+    );
+    let default_fn = &sources
+        .iter()
+        .find(|(q, _, _)| *q == Queue::Default)
+        .map(|(_, f, _)| f.clone());
+    let default_fn = default_fn
+        .as_ref()
+        .ok_or_else(|| anyhow!("no default function"))?;
+    match default_fn
+        .invoke(json!({"task": "dlq_report", "kwargs": {"peek": 3, "queues": ["default"]}}))
+        .await?
+    {
+        Invoked::Outcome(InvokeOutcome::Response(report)) => {
+            let q = &report["detail"]["queues"][0];
+            println!("   default DLQ depth: {}", q["depth"]);
+            println!("   by error class: {}", q["by_error_class"]);
+            println!("   by task: {}", q["by_task"]);
+            for m in q["recent"].as_array().into_iter().flatten() {
+                let d = &m["dead_letter"];
+                println!(
+                    "   - {} attempts={} {}: {}",
+                    d["error_class"].as_str().unwrap_or("?"),
+                    d["attempts"],
+                    d["task"].as_str().unwrap_or("(none)"),
+                    d["error_message"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        other => bail!("dlq_report failed: {other:?}"),
+    }
+    println!(
+        "== done: the functions stop with this process; queues and history stay for inspection"
+    );
+    Ok(())
+}

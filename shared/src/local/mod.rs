@@ -1,0 +1,80 @@
+//! Local stand-ins for the AWS pieces that cannot run on a developer machine or in CI: queues provisioned
+//! from the SAM template, the Lambda Runtime API (to run the real function binaries), and the SQS event
+//! source mapping (to feed them batches as AWS does).
+
+pub mod event_source;
+pub mod function;
+pub mod runtime_api;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Reads `KEY=VALUE` lines (blank lines and `#` comments ignored) into the process environment, without
+/// overriding variables that are already set.
+pub fn load_env_file(path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    for (key, value) in parse_env(&text) {
+        if std::env::var_os(&key).is_none() {
+            std::env::set_var(key, value);
+        }
+    }
+    Ok(())
+}
+
+pub fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('\'').to_owned()))
+        .collect()
+}
+
+/// The AWS settings for the local stack, unless the environment already has its own: LocalStack on
+/// 127.0.0.1:4566 with the test credentials it accepts.
+pub fn local_aws_defaults() -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for (key, default) in [
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ] {
+        env.insert(
+            key.to_owned(),
+            std::env::var(key).unwrap_or_else(|_| default.to_owned()),
+        );
+    }
+    env
+}
+
+/// An SQS client for the local stack (see [`local_aws_defaults`]).
+pub async fn local_sqs() -> aws_sdk_sqs::Client {
+    let env = local_aws_defaults();
+    let creds = aws_sdk_sqs::config::Credentials::new(
+        &env["AWS_ACCESS_KEY_ID"],
+        &env["AWS_SECRET_ACCESS_KEY"],
+        None,
+        None,
+        "local",
+    );
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(env["AWS_REGION"].clone()))
+        .endpoint_url(&env["AWS_ENDPOINT_URL"])
+        .credentials_provider(creds)
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&conf)
+}
+
+/// The function binary for `queue` next to the running executable (both live in `target/<profile>`).
+pub fn function_binary(queue: crate::queue::Queue) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Test executables live one level down, in target/<profile>/deps.
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir.join(queue.as_str()))
+}

@@ -1,0 +1,306 @@
+//! Reads the SQS queues of `infra/template.yaml` and creates them in SQS (LocalStack), so local queues and
+//! deployed queues come from one definition.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_norway::Value;
+
+/// A queue as the template declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDefinition {
+    pub logical_id: String,
+    /// `QueueName` with `${AWS::StackName}` still in it.
+    pub name_template: String,
+    /// SQS attributes (`VisibilityTimeout`, `MessageRetentionPeriod`, ...), as strings.
+    pub attributes: BTreeMap<String, String>,
+    /// `RedrivePolicy`: the dead-letter queue's logical id and `maxReceiveCount`.
+    pub redrive: Option<(String, u32)>,
+}
+
+impl QueueDefinition {
+    pub fn name(&self, stack: &str) -> String {
+        self.name_template.replace("${AWS::StackName}", stack)
+    }
+}
+
+/// The parts of the template that local runs need.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub queues: Vec<QueueDefinition>,
+    /// Function environment variables that name a queue (`DD_QUEUE_URL_DEFAULT: !Ref DefaultQueue`).
+    pub queue_env: BTreeMap<String, String>,
+}
+
+/// SQS attributes copied from a queue's properties. Encryption settings are accepted by the emulator too.
+const PASSED_ATTRIBUTES: &[&str] = &[
+    "VisibilityTimeout",
+    "MessageRetentionPeriod",
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "ReceiveMessageWaitTimeSeconds",
+    "SqsManagedSseEnabled",
+];
+
+impl Template {
+    pub fn load(path: &Path) -> Result<Template> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Template::parse(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Template> {
+        let doc: Value = serde_norway::from_str(text)?;
+        let resources = doc
+            .get("Resources")
+            .and_then(Value::as_mapping)
+            .ok_or_else(|| anyhow!("template has no Resources"))?;
+        let mut queues = Vec::new();
+        for (id, resource) in resources {
+            let id = id
+                .as_str()
+                .ok_or_else(|| anyhow!("non-string logical id"))?;
+            if resource.get("Type").and_then(Value::as_str) != Some("AWS::SQS::Queue") {
+                continue;
+            }
+            queues.push(parse_queue(id, resource).with_context(|| format!("queue {id}"))?);
+        }
+        let queue_ids: Vec<&str> = queues.iter().map(|q| q.logical_id.as_str()).collect();
+        for q in &queues {
+            if let Some((dlq, _)) = &q.redrive {
+                if !queue_ids.contains(&dlq.as_str()) {
+                    bail!(
+                        "queue {} redrives to {dlq}, which is not a queue of the template",
+                        q.logical_id
+                    );
+                }
+            }
+        }
+        let mut queue_env = BTreeMap::new();
+        if let Some(vars) = doc
+            .get("Globals")
+            .and_then(|g| g.get("Function"))
+            .and_then(|f| f.get("Environment"))
+            .and_then(|e| e.get("Variables"))
+            .and_then(Value::as_mapping)
+        {
+            for (name, value) in vars {
+                if let (Some(name), Some(target)) = (name.as_str(), tagged(value, "Ref")) {
+                    if let Some(target) = target.as_str().filter(|t| queue_ids.contains(t)) {
+                        queue_env.insert(name.to_owned(), target.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(Template { queues, queue_env })
+    }
+
+    pub fn queue(&self, logical_id: &str) -> Option<&QueueDefinition> {
+        self.queues.iter().find(|q| q.logical_id == logical_id)
+    }
+}
+
+/// The value under a CloudFormation short-form tag (`!Ref X`, `!GetAtt X.Arn`, `!Sub "..."`).
+fn tagged<'a>(value: &'a Value, tag: &str) -> Option<&'a Value> {
+    match value {
+        Value::Tagged(t) if t.tag == tag => Some(&t.value),
+        _ => None,
+    }
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_queue(id: &str, resource: &Value) -> Result<QueueDefinition> {
+    let props = resource
+        .get("Properties")
+        .ok_or_else(|| anyhow!("no Properties"))?;
+    let name = props
+        .get("QueueName")
+        .ok_or_else(|| anyhow!("no QueueName"))?;
+    let name_template = tagged(name, "Sub")
+        .and_then(Value::as_str)
+        .or_else(|| name.as_str())
+        .ok_or_else(|| anyhow!("QueueName must be a string or !Sub string"))?
+        .to_owned();
+    let mut attributes = BTreeMap::new();
+    for attr in PASSED_ATTRIBUTES {
+        if let Some(v) = props.get(*attr) {
+            let v = scalar(v).ok_or_else(|| anyhow!("{attr} must be a literal"))?;
+            attributes.insert((*attr).to_owned(), v);
+        }
+    }
+    let redrive = match props.get("RedrivePolicy") {
+        None => None,
+        Some(policy) => {
+            let target = policy
+                .get("deadLetterTargetArn")
+                .and_then(|v| tagged(v, "GetAtt"))
+                .and_then(Value::as_str)
+                .and_then(|s| s.strip_suffix(".Arn"))
+                .ok_or_else(|| {
+                    anyhow!("RedrivePolicy.deadLetterTargetArn must be !GetAtt <Queue>.Arn")
+                })?;
+            let max = policy
+                .get("maxReceiveCount")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| anyhow!("RedrivePolicy.maxReceiveCount must be a number"))?;
+            Some((target.to_owned(), u32::try_from(max)?))
+        }
+    };
+    Ok(QueueDefinition {
+        logical_id: id.to_owned(),
+        name_template,
+        attributes,
+        redrive,
+    })
+}
+
+/// Queues created for one stack name.
+#[derive(Debug, Clone, Default)]
+pub struct Provisioned {
+    /// Queue URL by logical id.
+    pub urls: BTreeMap<String, String>,
+    /// Queue ARN by logical id.
+    pub arns: BTreeMap<String, String>,
+    /// The functions' queue variables (`DD_QUEUE_URL_*`, `DD_DLQ_URL_*`) with their URLs.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Creates (or updates) every queue of the template under `stack`, dead-letter queues first. `overrides`
+/// replace template attributes, e.g. a short `VisibilityTimeout` for tests.
+pub async fn provision(
+    sqs: &aws_sdk_sqs::Client,
+    template: &Template,
+    stack: &str,
+    overrides: &BTreeMap<String, String>,
+) -> Result<Provisioned> {
+    let mut out = Provisioned::default();
+    // Queues without a redrive policy first: the others need their DLQ's ARN.
+    let mut ordered: Vec<&QueueDefinition> = template.queues.iter().collect();
+    ordered.sort_by_key(|q| q.redrive.is_some());
+    for q in ordered {
+        let mut attrs: BTreeMap<String, String> = q.attributes.clone();
+        for (k, v) in overrides {
+            if attrs.contains_key(k) || k == "VisibilityTimeout" {
+                attrs.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some((dlq, max)) = &q.redrive {
+            let arn = out
+                .arns
+                .get(dlq)
+                .ok_or_else(|| anyhow!("{} needs {dlq} first", q.logical_id))?;
+            attrs.insert(
+                "RedrivePolicy".into(),
+                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max}).to_string(),
+            );
+        }
+        let name = q.name(stack);
+        let mut request = sqs.create_queue().queue_name(&name);
+        for (k, v) in &attrs {
+            request = request.attributes(QueueAttributeName::from(k.as_str()), v);
+        }
+        let created = request.send().await.map_err(|e| {
+            anyhow!(
+                "CreateQueue {name}: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        })?;
+        let url = created
+            .queue_url()
+            .ok_or_else(|| anyhow!("CreateQueue {name} returned no URL"))?
+            .to_owned();
+        // CreateQueue leaves an existing queue's attributes alone: apply them so a rerun converges.
+        let mut set = sqs.set_queue_attributes().queue_url(&url);
+        for (k, v) in &attrs {
+            set = set.attributes(QueueAttributeName::from(k.as_str()), v);
+        }
+        set.send().await.map_err(|e| {
+            anyhow!(
+                "SetQueueAttributes {name}: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        })?;
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "GetQueueAttributes {name}: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                )
+            })?
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .ok_or_else(|| anyhow!("{name} has no QueueArn"))?;
+        out.urls.insert(q.logical_id.clone(), url);
+        out.arns.insert(q.logical_id.clone(), arn);
+    }
+    for (var, id) in &template.queue_env {
+        out.env.insert(var.clone(), out.urls[id].clone());
+    }
+    Ok(out)
+}
+
+/// Deletes every queue of `stack` (tests clean up after themselves with this).
+pub async fn delete(sqs: &aws_sdk_sqs::Client, provisioned: &Provisioned) {
+    for url in provisioned.urls.values() {
+        let _ = sqs.delete_queue().queue_url(url).send().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_template() -> Template {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml");
+        Template::load(&path).unwrap()
+    }
+
+    #[test]
+    fn reads_every_queue_and_its_dead_letter_queue() {
+        let t = repo_template();
+        let ids: Vec<&str> = t.queues.iter().map(|q| q.logical_id.as_str()).collect();
+        for q in crate::queue::Queue::ALL {
+            let suffix = q.env_suffix();
+            let queue_id = &t.queue_env[&format!("DD_QUEUE_URL_{suffix}")];
+            let dlq_id = &t.queue_env[&format!("DD_DLQ_URL_{suffix}")];
+            assert!(ids.contains(&queue_id.as_str()));
+            let queue = t.queue(queue_id).unwrap();
+            let (target, max) = queue.redrive.clone().unwrap();
+            assert_eq!(&target, dlq_id, "{queue_id} must redrive to its own DLQ");
+            assert!(max >= 5);
+            assert!(t.queue(dlq_id).unwrap().redrive.is_none());
+            assert_eq!(queue.name("s"), format!("s-{q}"));
+        }
+    }
+
+    #[test]
+    fn rejects_a_redrive_to_nowhere() {
+        let text = r#"
+Resources:
+  Q:
+    Type: AWS::SQS::Queue
+    Properties:
+      QueueName: q
+      RedrivePolicy:
+        deadLetterTargetArn: !GetAtt Missing.Arn
+        maxReceiveCount: 5
+"#;
+        let err = Template::parse(text).unwrap_err();
+        assert!(err.to_string().contains("Missing"), "{err}");
+    }
+}
