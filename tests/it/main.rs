@@ -1,1 +1,6 @@
+//! Integration tests: real function binaries, real LocalStack SQS, real Postgres.
+//! Start the stack first: `make stack-up` (the `make test` target does it).
 
+mod batches;
+mod direct_invoke;
+mod faults;

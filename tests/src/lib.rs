@@ -1,1 +1,281 @@
+//! Test harness for the integration tests: every test gets its own Postgres database and its own set of
+//! queues (created from `infra/template.yaml` under a unique stack name), so tests run in parallel against
+//! one local stack (`make stack-up`).
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use dualcaster::local::event_source::{invoke_function, Dispatch, EventSource};
+use dualcaster::local::function::LocalFunction;
+use dualcaster::local::template::{self, Provisioned, Template};
+use dualcaster::local::{function_binary, local_aws_defaults, local_sqs};
+use dualcaster::queue::Queue;
+use sqlx::PgPool;
+
+/// Visibility timeout of test queues: short, so crashed batches come back quickly.
+pub const TEST_VISIBILITY_SECS: u64 = 3;
+
+/// One test's isolated slice of the local stack.
+pub struct TestStack {
+    pub name: String,
+    pub pool: PgPool,
+    pub database_url: String,
+    pub sqs: aws_sdk_sqs::Client,
+    pub provisioned: Provisioned,
+    db_name: String,
+    admin_url: String,
+}
+
+/// A message read back from a dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLettered {
+    pub body: String,
+    pub attributes: HashMap<String, String>,
+}
+
+impl TestStack {
+    pub async fn start() -> Result<TestStack> {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let name = format!("it-{id}");
+        let admin_url = std::env::var("DD_TEST_ADMIN_DATABASE_URL")
+            .unwrap_or_else(|_| "postgresql://app:app@127.0.0.1:5432/app".into());
+        let admin = PgPool::connect(&admin_url).await.with_context(|| {
+            format!("connecting to {admin_url}: is the local stack up? (`make stack-up`)")
+        })?;
+        let db_name = format!("dd_it_{id}");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let database_url = replace_database(&admin_url, &db_name);
+        let pool = PgPool::connect(&database_url).await?;
+        dualcaster::db::MIGRATOR.run(&pool).await?;
+
+        let sqs = local_sqs().await;
+        let template_path =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml");
+        let template = Template::load(&template_path)?;
+        let overrides = BTreeMap::from([(
+            "VisibilityTimeout".to_owned(),
+            TEST_VISIBILITY_SECS.to_string(),
+        )]);
+        let provisioned = template::provision(&sqs, &template, &name, &overrides)
+            .await
+            .context("creating queues in LocalStack: is the local stack up? (`make stack-up`)")?;
+        Ok(TestStack {
+            name,
+            pool,
+            database_url,
+            sqs,
+            provisioned,
+            db_name,
+            admin_url,
+        })
+    }
+
+    pub fn queue_url(&self, queue: Queue) -> &str {
+        &self.provisioned.env[&format!("DD_QUEUE_URL_{}", queue.env_suffix())]
+    }
+
+    pub fn dlq_url(&self, queue: Queue) -> &str {
+        &self.provisioned.env[&format!("DD_DLQ_URL_{}", queue.env_suffix())]
+    }
+
+    /// The environment a deployed function would get, pointing at this test's database and queues.
+    pub fn function_env(&self) -> BTreeMap<String, String> {
+        let mut env = local_aws_defaults();
+        env.extend(self.provisioned.env.clone());
+        env.insert("DATABASE_URL".into(), self.database_url.clone());
+        env.insert("DD_DEADLINE_MARGIN_MS".into(), "1000".into());
+        env.insert("DD_METRICS_DISABLED".into(), "1".into());
+        env.insert("RUST_LOG".into(), "info".into());
+        env
+    }
+
+    /// Starts the real function binary of `queue` against a local Runtime API.
+    pub async fn function(
+        &self,
+        queue: Queue,
+        extra_env: &[(&str, &str)],
+    ) -> Result<LocalFunction> {
+        let mut env = self.function_env();
+        for (k, v) in extra_env {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/it-logs");
+        std::fs::create_dir_all(&log_dir)?;
+        let log = log_dir.join(format!("{}-{queue}.log", self.name));
+        LocalFunction::start(
+            &format!("{}-{queue}", self.name),
+            &function_binary(queue)?,
+            env,
+            Duration::from_secs(30),
+            Some(log),
+        )
+        .await
+    }
+
+    pub async fn event_source(&self, queue: Queue, batch_size: usize) -> Result<EventSource> {
+        EventSource::new(
+            self.sqs.clone(),
+            self.queue_url(queue),
+            batch_size,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    pub async fn send(&self, queue: Queue, body: &str) -> Result<String> {
+        let out = self
+            .sqs
+            .send_message()
+            .queue_url(self.queue_url(queue))
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "SendMessage: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                )
+            })?;
+        Ok(out.message_id().unwrap_or_default().to_owned())
+    }
+
+    /// Polls `queue` into `function` until the queue holds nothing (visible, in flight or delayed).
+    pub async fn drain(
+        &self,
+        source: &EventSource,
+        function: &LocalFunction,
+        timeout: Duration,
+    ) -> Result<Vec<Dispatch>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut dispatches = Vec::new();
+        loop {
+            let d = source
+                .poll_once(Duration::from_secs(1), |event| {
+                    invoke_function(function, event)
+                })
+                .await?;
+            if d.received > 0 {
+                dispatches.push(d);
+            } else if source.backlog().await? == 0 {
+                return Ok(dispatches);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(anyhow!(
+                    "queue not drained after {timeout:?}: {dispatches:?}"
+                ));
+            }
+        }
+    }
+
+    /// Visible + in-flight + delayed messages of a queue URL.
+    pub async fn depth(&self, url: &str) -> Result<u64> {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "GetQueueAttributes: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                )
+            })?;
+        let get = |name: QueueAttributeName| -> u64 {
+            out.attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(get(QueueAttributeName::ApproximateNumberOfMessages)
+            + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            + get(QueueAttributeName::ApproximateNumberOfMessagesDelayed))
+    }
+
+    /// Reads every message of a DLQ (hiding them for 30 s; nothing is deleted).
+    pub async fn dead_letters(&self, queue: Queue) -> Result<Vec<DeadLettered>> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let got = self
+                .sqs
+                .receive_message()
+                .queue_url(self.dlq_url(queue))
+                .max_number_of_messages(10)
+                .visibility_timeout(30)
+                .wait_time_seconds(if out.is_empty() { 1 } else { 0 })
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "ReceiveMessage: {}",
+                        aws_sdk_sqs::error::DisplayErrorContext(&e)
+                    )
+                })?;
+            let messages = got.messages.unwrap_or_default();
+            if messages.is_empty() {
+                return Ok(out);
+            }
+            for m in messages {
+                if !seen.insert(m.message_id().unwrap_or_default().to_owned()) {
+                    continue;
+                }
+                let attributes = m
+                    .message_attributes()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|(k, v)| {
+                                v.string_value().map(|s| (k.clone(), s.to_owned()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(DeadLettered {
+                    body: m.body().unwrap_or_default().to_owned(),
+                    attributes,
+                });
+            }
+        }
+    }
+
+    /// Drops the database and the queues.
+    pub async fn cleanup(self) {
+        self.pool.close().await;
+        template::delete(&self.sqs, &self.provisioned).await;
+        if let Ok(admin) = PgPool::connect(&self.admin_url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
+
+fn replace_database(url: &str, db: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, rest)) => {
+            let query = rest
+                .split_once('?')
+                .map(|(_, q)| format!("?{q}"))
+                .unwrap_or_default();
+            format!("{base}/{db}{query}")
+        }
+        None => format!("{url}/{db}"),
+    }
+}
+
+/// Body of a ping envelope with a known id.
+pub fn ping(id: &str, kwargs: serde_json::Value) -> String {
+    serde_json::json!({"v": 1, "task": "ping", "id": id, "kwargs": kwargs}).to_string()
+}

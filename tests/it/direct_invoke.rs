@@ -1,0 +1,143 @@
+use std::time::Duration;
+
+use dualcaster::local::function::Invoked;
+use dualcaster::local::runtime_api::InvokeOutcome;
+use dualcaster::queue::Queue;
+use integration_tests::{ping, TestStack};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_bare_envelope_runs_synchronously_and_returns_its_report() {
+    let stack = TestStack::start().await.unwrap();
+    let function = stack.function(Queue::Default, &[]).await.unwrap();
+
+    let out = function
+        .invoke(json!({"task": "ping", "id": "direct-1", "kwargs": {"note": "by hand"}}))
+        .await
+        .unwrap();
+    let Invoked::Outcome(InvokeOutcome::Response(report)) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(report["task"], "ping");
+    assert_eq!(report["id"], "direct-1");
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(report["counts"], json!({"processed": 1, "errors": 0}));
+    assert_eq!(report["detail"]["recorded"], true);
+    let note: String =
+        sqlx::query_scalar("SELECT note FROM health_checks WHERE check_key = 'direct-1'")
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+    assert_eq!(note, "by hand");
+
+    // The same id again: nothing new is recorded.
+    let Invoked::Outcome(InvokeOutcome::Response(again)) = function
+        .invoke(json!({"task": "ping", "id": "direct-1"}))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(again["detail"]["recorded"], false);
+
+    for (payload, error_type, needle) in [
+        (
+            json!({"task": "ping", "kwargs": {"work_ms": 999999}}),
+            "invalid_kwargs",
+            "work_ms",
+        ),
+        (
+            json!({"task": "nope"}),
+            "unknown_task",
+            "unknown task `nope`",
+        ),
+        (
+            json!({"kwargs": {}}),
+            "malformed_message",
+            "missing field `task`",
+        ),
+        (
+            json!([1, 2, 3]),
+            "malformed_message",
+            "must be a JSON object",
+        ),
+        (
+            json!({"task": "ping", "v": 7}),
+            "unsupported_version",
+            "version 7",
+        ),
+        (
+            json!({"task": "ingest_everything_now"}),
+            "unknown_task",
+            "registered: dlq_report, ping",
+        ),
+        (
+            json!({"task": "ping", "kwargs": {"drill": "permanent"}}),
+            "task_failed",
+            "drill",
+        ),
+    ] {
+        let out = function.invoke(payload.clone()).await.unwrap();
+        match out {
+            Invoked::Outcome(InvokeOutcome::Error {
+                error_type: t,
+                error_message,
+            }) => {
+                assert_eq!(t, error_type, "{payload}");
+                assert!(error_message.contains(needle), "{payload}: {error_message}");
+            }
+            other => panic!("{payload}: {other:?}"),
+        }
+    }
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn dlq_report_counts_dead_letters_without_consuming_them() {
+    let stack = TestStack::start().await.unwrap();
+    let function = stack.function(Queue::Default, &[]).await.unwrap();
+    let source = stack.event_source(Queue::Default, 10).await.unwrap();
+    for body in [
+        "nope".to_owned(),
+        "{]".to_owned(),
+        json!({"task": "pong"}).to_string(),
+        ping("p", json!({"drill": "permanent"})),
+    ] {
+        stack.send(Queue::Default, &body).await.unwrap();
+    }
+    stack
+        .drain(&source, &function, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let out = function
+        .invoke(json!({"task": "dlq_report", "kwargs": {"peek": 2}}))
+        .await
+        .unwrap();
+    let Invoked::Outcome(InvokeOutcome::Response(report)) = out else {
+        panic!("{out:?}")
+    };
+    let queues = report["detail"]["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 3);
+    let default = queues.iter().find(|q| q["queue"] == "default").unwrap();
+    assert_eq!(default["depth"], 4);
+    assert_eq!(default["scanned"], 4);
+    assert_eq!(
+        default["by_error_class"],
+        json!({"malformed_message": 2, "unknown_task": 1, "task_failed": 1})
+    );
+    assert_eq!(
+        default["by_task"],
+        json!({"(none)": 2, "pong": 1, "ping": 1})
+    );
+    assert_eq!(default["recent"].as_array().unwrap().len(), 2);
+    assert_eq!(report["detail"]["total_depth"], 4);
+    for q in queues.iter().filter(|q| q["queue"] != "default") {
+        assert_eq!(q["depth"], 0);
+    }
+
+    // Nothing was consumed: all four are still there and visible again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.dead_letters(Queue::Default).await.unwrap().len(), 4);
+    stack.cleanup().await;
+}

@@ -1,0 +1,107 @@
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use dualcaster::local::event_source::invoke_function;
+use dualcaster::queue::Queue;
+use integration_tests::{ping, TestStack};
+use serde_json::json;
+
+/// Kill -9 the function while it is half-way through batches, several times, then let the queue drain:
+/// every ping lands exactly once and nothing reaches the DLQ.
+#[tokio::test]
+async fn killing_the_function_mid_batch_loses_nothing_and_duplicates_nothing() {
+    const MESSAGES: usize = 24;
+    const KILLS: usize = 3;
+    let stack = TestStack::start().await.unwrap();
+    let mut function = stack
+        .function(Queue::Default, &[("DD_CONCURRENCY", "2")])
+        .await
+        .unwrap();
+    let source = stack.event_source(Queue::Default, 10).await.unwrap();
+    let keys: BTreeSet<String> = (0..MESSAGES).map(|i| format!("crash-{i:02}")).collect();
+    for key in &keys {
+        stack
+            .send(Queue::Default, &ping(key, json!({"work_ms": 250})))
+            .await
+            .unwrap();
+    }
+
+    let mut crashed_batches = 0;
+    for _ in 0..KILLS {
+        let batch = source.receive(Duration::from_secs(5)).await.unwrap();
+        if batch.is_empty() {
+            continue;
+        }
+        let pid = function.pid().unwrap();
+        let killer = async {
+            // Two rounds of two pings finish (and commit) before the kill; the rest are mid-flight.
+            tokio::time::sleep(Duration::from_millis(650)).await;
+            let status = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        };
+        let (dispatch, ()) = tokio::join!(
+            source.dispatch(batch, |event| invoke_function(&function, event)),
+            killer
+        );
+        let dispatch = dispatch.unwrap();
+        let error = dispatch.invoke_error.unwrap_or_default();
+        assert!(
+            error.contains("killed") || error.contains("signal"),
+            "{error}"
+        );
+        assert_eq!(dispatch.deleted, 0, "a crashed invocation deletes nothing");
+        crashed_batches += 1;
+        function.restart().await.unwrap();
+    }
+    assert_eq!(crashed_batches, KILLS);
+
+    stack
+        .drain(&source, &function, Duration::from_secs(90))
+        .await
+        .unwrap();
+
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT check_key FROM health_checks ORDER BY check_key")
+            .fetch_all(&stack.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        recorded.len(),
+        MESSAGES,
+        "exactly one heartbeat per message"
+    );
+    assert_eq!(
+        recorded.into_iter().collect::<BTreeSet<_>>(),
+        keys,
+        "no message lost"
+    );
+    assert_eq!(stack.depth(stack.dlq_url(Queue::Default)).await.unwrap(), 0);
+    assert_eq!(
+        stack.depth(stack.queue_url(Queue::Default)).await.unwrap(),
+        0
+    );
+
+    // Pings finished before a kill were redelivered and ran again without writing a second heartbeat.
+    let suppressed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM task_runs WHERE task = 'ping' AND status = 'succeeded' AND detail->>'recorded' = 'false'",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    assert!(
+        suppressed >= KILLS as i64,
+        "expected redelivered duplicates to be suppressed, got {suppressed}"
+    );
+    let redelivered: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT run_key) FROM task_runs WHERE attempt > 1")
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+    println!(
+        "crash test: sent {MESSAGES}, kills {KILLS}, redelivered {redelivered}, duplicates suppressed {suppressed}, lost 0"
+    );
+    stack.cleanup().await;
+}
