@@ -131,8 +131,10 @@ wait_http() {
 
 # --- moto (DynamoDB) ----------------------------------------------------------------------------------
 
+moto_ready() { curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/" 2>/dev/null; }
+
 moto_up() {
-    if pid_alive "$RUN/moto.pid"; then return 0; fi
+    if pid_alive "$RUN/moto.pid" || moto_ready; then return 0; fi
     ensure_venv "$STATE/venv-moto" "$(command -v python3)" "${MOTO_PINS[@]}"
     log "starting moto on 127.0.0.1:$MOTO_PORT"
     nohup "$STATE/venv-moto/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$LOGS/moto.log" 2>&1 &
@@ -145,7 +147,7 @@ moto_up() {
 localstack_health() { curl -fsS "http://127.0.0.1:$LOCALSTACK_PORT/_localstack/health" 2>/dev/null; }
 
 localstack_up() {
-    if pid_alive "$RUN/localstack.pid" && localstack_health >/dev/null; then return 0; fi
+    if localstack_health >/dev/null; then return 0; fi
     local python
     python="$(python312)" || die "LocalStack needs Python >= 3.12 and none was found (install python3.12, or a 3.12+ version under pyenv)"
     ensure_venv "$STATE/venv-localstack" "$python" "${LOCALSTACK_PINS[@]}"
@@ -204,7 +206,7 @@ down() {
 status() {
     local rc=0
     if postgres_ready; then echo "postgres   up    127.0.0.1:$PGPORT"; else echo "postgres   down"; rc=1; fi
-    if curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/" 2>/dev/null; then echo "moto       up    127.0.0.1:$MOTO_PORT"; else echo "moto       down"; rc=1; fi
+    if moto_ready; then echo "moto       up    127.0.0.1:$MOTO_PORT"; else echo "moto       down"; rc=1; fi
     if localstack_health >/dev/null; then echo "localstack up    127.0.0.1:$LOCALSTACK_PORT"; else echo "localstack down"; rc=1; fi
     return $rc
 }

@@ -150,10 +150,10 @@ impl Runtime {
                     message: format!("payload has `Records` but is not an SQS event: {e}"),
                 })?;
                 let response = self.handle_batch(event, &invocation).await;
-                Ok(serde_json::to_value(response).unwrap_or_else(|_| Value::Null))
+                Ok(serde_json::to_value(response).unwrap_or(Value::Null))
             } else {
                 let report = self.handle_direct(payload, &invocation).await?;
-                Ok(serde_json::to_value(report).unwrap_or_else(|_| Value::Null))
+                Ok(serde_json::to_value(report).unwrap_or(Value::Null))
             }
         }
         .instrument(span)

@@ -12,7 +12,7 @@
 //! Settings come from the environment; `.local/stack.env` (written by `provision`) fills in what is unset.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,7 +219,7 @@ async fn migrate() -> Result<()> {
 }
 
 /// Creates the queues and returns the functions' environment for them.
-async fn provision_stack(stack: &str, template: &PathBuf) -> Result<BTreeMap<String, String>> {
+async fn provision_stack(stack: &str, template: &Path) -> Result<BTreeMap<String, String>> {
     let template = Template::load(template)?;
     let sqs = local_sqs().await;
     let provisioned = provision(&sqs, &template, stack, &BTreeMap::new()).await?;
@@ -233,7 +233,7 @@ async fn provision_stack(stack: &str, template: &PathBuf) -> Result<BTreeMap<Str
     Ok(env)
 }
 
-fn write_env_file(path: &PathBuf, env: &BTreeMap<String, String>) -> Result<()> {
+fn write_env_file(path: &Path, env: &BTreeMap<String, String>) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -265,7 +265,10 @@ async fn local_runtime(queue: Queue) -> Result<Runtime> {
     ))
 }
 
-async fn demo(stack: &str, template: &PathBuf, timeout: Duration) -> Result<()> {
+/// task, status, disposition, runs, error classes
+type RunSummaryRow = (Option<String>, String, String, i64, Option<String>);
+
+async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
     let started = Utc::now();
     println!(
         "== provisioning queues for stack `{stack}` from {}",
@@ -417,7 +420,7 @@ async fn demo(stack: &str, template: &PathBuf, timeout: Duration) -> Result<()> 
     }
 
     println!("== task runs since the demo started (from task_runs)");
-    let rows: Vec<(Option<String>, String, String, i64, Option<String>)> = sqlx::query_as(
+    let rows: Vec<RunSummaryRow> = sqlx::query_as(
         "SELECT task, status, disposition, count(*), string_agg(DISTINCT error_class, ',') \
          FROM task_runs WHERE started_at >= $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     )

@@ -289,6 +289,24 @@ mod tests {
     }
 
     #[test]
+    fn every_task_is_dead_lettered_by_the_runtime_before_the_redrive_backstop() {
+        // The runtime forwards a message to the DLQ (with its error context) after the task's last retry;
+        // the queue's maxReceiveCount must leave room for that plus a couple of crash redeliveries, or the
+        // redrive policy would move the message first, without context.
+        let t = repo_template();
+        for spec in crate::registry::Registry::builtin().iter() {
+            let queue_id = &t.queue_env[&format!("DD_QUEUE_URL_{}", spec.queue.env_suffix())];
+            let (_, max_receive) = t.queue(queue_id).unwrap().redrive.clone().unwrap();
+            assert!(
+                spec.retry.max_retries + 1 + 2 <= max_receive,
+                "{}: {} attempts do not fit under maxReceiveCount {max_receive} of {queue_id}",
+                spec.name,
+                spec.retry.max_retries + 1
+            );
+        }
+    }
+
+    #[test]
     fn rejects_a_redrive_to_nowhere() {
         let text = r#"
 Resources:

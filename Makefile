@@ -1,0 +1,58 @@
+# Dualcaster Deals task platform. `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+CLI := ./target/debug/dualcaster
+KWARGS ?= {}
+
+.PHONY: help setup stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
+
+setup: stack-up build ## Start the local stack and build everything
+
+stack-up: ## Start Postgres, moto and LocalStack (installs what is missing)
+	bash scripts/stack.sh up
+
+stack-down: ## Stop LocalStack and moto (`scripts/stack.sh down --all` also stops Postgres)
+	bash scripts/stack.sh down
+
+stack-status: ## Show what is running
+	bash scripts/stack.sh status
+
+build: ## Build the function binaries and the CLI (debug)
+	$(CARGO) build --workspace --bins
+
+migrate: build ## Apply the migrations to DATABASE_URL (default: the local database)
+	DATABASE_URL=$${DATABASE_URL:-postgresql://app:app@127.0.0.1:5432/app} $(CLI) migrate
+
+demo: setup ## The main job: the whole system on this machine, end to end
+	DATABASE_URL=$${DATABASE_URL:-postgresql://app:app@127.0.0.1:5432/app} $(CLI) demo
+
+test: setup ## Every test: unit and integration (starts the local stack)
+	$(CARGO) test --workspace
+
+test-unit: ## Unit tests only (no services needed)
+	$(CARGO) test --workspace --lib --bins
+
+test-integration: setup ## Integration tests only
+	$(CARGO) test -p integration-tests
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+tasks: build ## List registered tasks, their queues and retry policies
+	$(CLI) tasks
+
+provision: build ## Create the template's queues in LocalStack and write .local/stack.env
+	$(CLI) provision
+
+trigger-%: provision ## Enqueue a task on its queue: make trigger-ping KWARGS='{"note":"hi"}'
+	$(CLI) enqueue $* --kwargs '$(KWARGS)'
+
+invoke-%: provision ## Run a task here and print its report: make invoke-dlq_report KWARGS='{"peek":3}'
+	$(CLI) invoke $* --kwargs '$(KWARGS)'
