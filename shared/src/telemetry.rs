@@ -41,10 +41,10 @@ impl Progress {
         }
     }
 
-    /// Records that `processed` items are done; logs when another tenth is complete.
-    pub fn update(&mut self, processed: u64) {
+    /// Records that `processed` items are done; logs (and returns true) when another tenth is complete.
+    pub fn update(&mut self, processed: u64) -> bool {
         if processed < self.next_report && processed < self.total {
-            return;
+            return false;
         }
         let percent = if self.total == 0 {
             100.0
@@ -60,5 +60,33 @@ impl Progress {
         );
         let step = (self.total / 10).max(1);
         self.next_report = (processed / step + 1) * step;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_logs_every_tenth_and_at_the_end() {
+        let mut p = Progress::new("cards", 1000);
+        let logged: Vec<u64> = (0..=1000).filter(|&n| p.update(n)).collect();
+        assert_eq!(
+            logged,
+            vec![0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
+        );
+    }
+
+    #[test]
+    fn progress_with_uneven_jumps_and_tiny_totals() {
+        let mut p = Progress::new("rows", 3);
+        let logged: Vec<u64> = [0, 1, 2, 3].into_iter().filter(|&n| p.update(n)).collect();
+        assert_eq!(logged, vec![0, 1, 2, 3]);
+        let mut p = Progress::new("rows", 100);
+        assert!(p.update(0));
+        assert!(p.update(55));
+        assert!(!p.update(59));
+        assert!(p.update(60));
     }
 }
