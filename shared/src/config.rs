@@ -33,6 +33,11 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// How long to wait for a pooled connection (`DD_DB_ACQUIRE_TIMEOUT_MS`, default 5000).
     pub db_acquire_timeout: Duration,
+    /// DynamoDB table of leases and idempotency records (`DD_LEASE_TABLE`).
+    pub lease_table: String,
+    /// A lease lasts this long past its last heartbeat (`DD_LEASE_WINDOW_MS`, default 60000), and never past
+    /// the invocation's deadline plus a margin: a crashed holder blocks others for at most this long.
+    pub lease_window: Duration,
 }
 
 impl Settings {
@@ -71,6 +76,13 @@ impl Settings {
                 "DD_DB_ACQUIRE_TIMEOUT_MS",
                 5000,
                 100..=60_000,
+            )?),
+            lease_table: required("DD_LEASE_TABLE")?,
+            lease_window: Duration::from_millis(parse_or(
+                &lookup,
+                "DD_LEASE_WINDOW_MS",
+                60_000,
+                1_000..=900_000,
             )?),
         })
     }
@@ -117,6 +129,7 @@ mod tests {
             "DATABASE_URL".into(),
             "postgresql://app:hunter2@db/app".into(),
         );
+        env.insert("DD_LEASE_TABLE".into(), "leases".into());
         for q in Queue::ALL {
             env.insert(
                 format!("DD_QUEUE_URL_{}", q.env_suffix()),

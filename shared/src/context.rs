@@ -7,15 +7,24 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 
 use crate::config::Settings;
+use crate::lease::LeaseStore;
 use crate::queue::Queue;
 use crate::telemetry::Progress;
 
 /// Clients built once per container and shared by every invocation.
-#[derive(Debug)]
 pub struct Services {
     pub settings: Settings,
     pub db: PgPool,
     pub sqs: aws_sdk_sqs::Client,
+    pub leases: Arc<dyn LeaseStore>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Handed to each task run. Cheap to clone.
@@ -62,6 +71,10 @@ impl TaskContext {
 
     pub fn settings(&self) -> &Settings {
         &self.services.settings
+    }
+
+    pub fn leases(&self) -> &dyn LeaseStore {
+        self.services.leases.as_ref()
     }
 
     /// Time left before the runtime stops this run. Long tasks check it between chunks and continue in a

@@ -35,6 +35,8 @@ pub enum Disposition {
     HandedBack,
     /// A direct invoke: the report or the error went back to the caller.
     Returned,
+    /// Handed back with a delay because another run holds the task's lease or the delivery's key.
+    Deferred,
 }
 
 impl Disposition {
@@ -45,6 +47,7 @@ impl Disposition {
             Disposition::DeadLettered => "dead_lettered",
             Disposition::HandedBack => "handed_back",
             Disposition::Returned => "returned",
+            Disposition::Deferred => "deferred",
         }
     }
 }
@@ -77,8 +80,8 @@ impl RunLog {
         sqlx::query(
             "INSERT INTO task_runs (run_id, task, run_key, message_id, queue, trigger, attempt, status, \
              disposition, processed, errors, started_at, finished_at, duration_ms, reason, error_kind, \
-             error_class, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             error_class, detail, replayed) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(Uuid::new_v4())
         .bind(r.task.as_deref())
@@ -98,6 +101,7 @@ impl RunLog {
         .bind(r.error_kind.as_deref())
         .bind(r.error_class.as_deref())
         .bind(detail.map(sqlx::types::Json))
+        .bind(r.replayed)
         .execute(pool)
         .await?;
         Ok(())

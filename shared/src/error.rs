@@ -41,6 +41,11 @@ pub mod class {
     pub const THROTTLED: &str = "throttled";
     pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
     pub const TASK_RETRYABLE: &str = "task_retryable";
+    pub const LEASE_STORE: &str = "lease_store";
+    pub const LEASE_STORE_UNAVAILABLE: &str = "lease_store_unavailable";
+    pub const LEASE_LOST: &str = "lease_lost";
+    pub const LEASE_HELD: &str = "lease_held";
+    pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
 }
 
 /// A task or runtime failure: its kind decides retry vs dead-letter; its class and message travel with

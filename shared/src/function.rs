@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::config::Settings;
 use crate::context::Services;
 use crate::db::{self, RunLog};
+use crate::lease::dynamo::DynamoLeaseStore;
 use crate::queue::{Queue, SqsQueueOps};
 use crate::registry::Registry;
 use crate::runtime::{Invocation, Runtime};
@@ -19,6 +20,11 @@ pub async fn build(queue: Queue) -> Result<Runtime, lambda_runtime::Error> {
     let settings = Settings::from_env()?;
     let aws = aws_config::load_from_env().await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
+    let leases = Arc::new(DynamoLeaseStore::new(
+        dynamodb,
+        settings.lease_table.clone(),
+    ));
     let pool = db::lazy_pool(&settings)?;
     let function_name =
         std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| format!("dualcaster-{queue}"));
@@ -26,6 +32,7 @@ pub async fn build(queue: Queue) -> Result<Runtime, lambda_runtime::Error> {
         settings,
         db: pool.clone(),
         sqs: sqs.clone(),
+        leases,
     });
     Ok(Runtime::new(
         queue,

@@ -11,6 +11,7 @@ pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod function;
+pub mod lease;
 pub mod metrics;
 pub mod queue;
 pub mod registry;

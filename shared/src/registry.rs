@@ -38,6 +38,10 @@ pub trait Task: Send + Sync + 'static {
     const QUEUE: Queue;
     /// How retryable failures are retried.
     const RETRY: RetryPolicy = RetryPolicy::STANDARD;
+    /// Only one run at a time (per the selected arguments), and what a second run does meanwhile.
+    const SINGLE_INSTANCE: Option<SingleInstance> = None;
+    /// Recognise duplicate deliveries and return the stored report instead of running again.
+    const IDEMPOTENCY: Option<Idempotency> = None;
 
     /// Typed arguments: unknown fields must be rejected (`#[serde(deny_unknown_fields)]`); bounds are
     /// declared with `garde`.
@@ -50,8 +54,36 @@ pub trait Task: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Report, TaskError>> + Send;
 }
 
+/// What a second run does while a single-instance task is already running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDuplicate {
+    /// Acknowledge the message and report `skipped` with the holder and its expiry (scheduled runs).
+    Skip,
+    /// Hand the message back to come again after this delay.
+    Defer(std::time::Duration),
+    /// Fail permanently (`lease_held`): the message goes to the DLQ.
+    Fail,
+}
+
+/// Single-instance runs: the lease key is the task name plus the values of `keys` in the kwargs (like
+/// celery-once's `keys`); arguments not given count as `-`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SingleInstance {
+    pub keys: &'static [&'static str],
+    pub on_duplicate: OnDuplicate,
+}
+
+/// Idempotent deliveries: the key is the envelope's `idempotency_key`, else its `id`, else the SQS
+/// message id. A completed key returns its stored report for `keep`; the same key with other arguments is
+/// an `idempotency_conflict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Idempotency {
+    pub keep: std::time::Duration,
+}
+
 /// A finished run's report with the task type erased.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TaskOutput {
     pub counts: Counts,
     pub skipped: Option<String>,
@@ -68,6 +100,8 @@ pub struct TaskSpec {
     pub name: &'static str,
     pub queue: Queue,
     pub retry: RetryPolicy,
+    pub single_instance: Option<SingleInstance>,
+    pub idempotency: Option<Idempotency>,
     run: RunFn,
     check: CheckFn,
 }
@@ -78,6 +112,8 @@ impl std::fmt::Debug for TaskSpec {
             .field("name", &self.name)
             .field("queue", &self.queue)
             .field("retry", &self.retry)
+            .field("single_instance", &self.single_instance)
+            .field("idempotency", &self.idempotency)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +124,8 @@ impl TaskSpec {
             name: T::NAME,
             queue: T::QUEUE,
             retry: T::RETRY,
+            single_instance: T::SINGLE_INSTANCE,
+            idempotency: T::IDEMPOTENCY,
             run: run_erased::<T>,
             check: |kwargs| parse_args::<T>(kwargs.clone()).map(drop),
         }
@@ -249,7 +287,7 @@ mod tests {
         assert_eq!(r.route("ping").unwrap(), Queue::Default);
         assert_eq!(r.route("dlq_report").unwrap(), Queue::Default);
         let names: Vec<_> = r.iter().map(|s| s.name).collect();
-        assert_eq!(names, vec!["dlq_report", "ping"]);
+        assert_eq!(names, vec!["dlq_report", "leases", "ping"]);
     }
 
     #[test]
@@ -258,7 +296,8 @@ mod tests {
         assert_eq!(err.class(), "unknown_task");
         assert_eq!(err.kind(), ErrorKind::Permanent);
         assert!(
-            err.message().contains("registered: dlq_report, ping"),
+            err.message()
+                .contains("registered: dlq_report, leases, ping"),
             "{}",
             err.message()
         );

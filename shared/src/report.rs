@@ -67,6 +67,9 @@ pub struct RunReport {
     /// The failure's class (`invalid_kwargs`, `database_unavailable`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_class: Option<String>,
+    /// True when this delivery was a duplicate of a completed run and the stored report was returned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
     /// The task's own typed report, when it produced one.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub detail: Value,

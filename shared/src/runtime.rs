@@ -18,9 +18,10 @@ use crate::context::{Services, TaskContext};
 use crate::db::{Disposition, RunLog, RunRecord};
 use crate::envelope::Envelope;
 use crate::error::{class, TaskError};
+use crate::lease::{Acquire, Lease, LeaseKind, LeaseStore};
 use crate::metrics::{self, RunMetrics};
 use crate::queue::{DeadLetter, Queue, QueueOps};
-use crate::registry::{Registry, TaskOutput};
+use crate::registry::{OnDuplicate, Registry, TaskOutput};
 use crate::report::{Counts, RunReport, Status};
 use crate::retry::{RetryDecision, RetryPolicy};
 
@@ -32,16 +33,21 @@ const FINAL_RESERVE: Duration = Duration::from_millis(500);
 pub struct Invocation {
     pub request_id: String,
     pub deadline: Instant,
+    /// The same deadline on the wall clock, for lease expiries shared with other processes.
+    pub deadline_at: chrono::DateTime<Utc>,
 }
 
 impl Invocation {
     /// From the Lambda context: its deadline is in milliseconds since the Unix epoch.
     pub fn from_lambda(ctx: &lambda_runtime::Context) -> Self {
-        let now_ms = Utc::now().timestamp_millis();
-        let remaining = (ctx.deadline as i64).saturating_sub(now_ms).max(0) as u64;
+        let now = Utc::now();
+        let remaining = (ctx.deadline as i64)
+            .saturating_sub(now.timestamp_millis())
+            .max(0);
         Invocation {
             request_id: ctx.request_id.clone(),
-            deadline: Instant::now() + Duration::from_millis(remaining),
+            deadline: Instant::now() + Duration::from_millis(remaining as u64),
+            deadline_at: now + chrono::Duration::milliseconds(remaining),
         }
     }
 
@@ -49,6 +55,8 @@ impl Invocation {
         Invocation {
             request_id: request_id.into(),
             deadline: Instant::now() + timeout,
+            deadline_at: Utc::now()
+                + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX),
         }
     }
 }
@@ -83,9 +91,16 @@ impl From<InvokeError> for lambda_runtime::Diagnostic {
 #[derive(Debug)]
 enum Outcome {
     Done(TaskOutput),
+    /// A duplicate delivery of a completed run: its stored output.
+    Replayed(TaskOutput),
     Skipped(String),
+    /// Not run now: another run holds the lease or the delivery's key. Try again after the delay.
+    Deferred(Duration, String),
     Failed(TaskError),
 }
+
+/// Leases outlive the invocation's deadline by this much at most (clock skew between holders).
+const LEASE_DEADLINE_MARGIN: chrono::Duration = chrono::Duration::seconds(10);
 
 #[derive(Debug)]
 struct Attempted {
@@ -225,8 +240,17 @@ impl Runtime {
             let duration = clock.elapsed();
 
             let (status, disposition, failed, retried) = match &attempted.outcome {
-                Outcome::Done(_) => (Status::Succeeded, Disposition::Acknowledged, false, false),
+                Outcome::Done(_) | Outcome::Replayed(_) => {
+                    (Status::Succeeded, Disposition::Acknowledged, false, false)
+                }
                 Outcome::Skipped(_) => (Status::Skipped, Disposition::Acknowledged, false, false),
+                Outcome::Deferred(delay, reason) => {
+                    info!(delay_ms = delay.as_millis() as u64, reason = %reason, "deferred");
+                    if let Err(e) = self.queue_ops.delay_retry(&own.queue, receipt, *delay).await {
+                        warn!(error = %e, "could not set the deferral delay; the message returns after its visibility timeout");
+                    }
+                    (Status::Skipped, Disposition::Deferred, true, false)
+                }
                 Outcome::Failed(err) => {
                     let decision = if err.is_retryable() {
                         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
@@ -290,9 +314,9 @@ impl Runtime {
             .attempt(Envelope::from_value(payload), fallback_key, 1, invocation)
             .await;
         let status = match attempted.outcome {
-            Outcome::Done(_) => Status::Succeeded,
+            Outcome::Done(_) | Outcome::Replayed(_) => Status::Succeeded,
             Outcome::Skipped(_) => Status::Skipped,
-            Outcome::Failed(_) => Status::Failed,
+            Outcome::Deferred(..) | Outcome::Failed(_) => Status::Failed,
         };
         let report = self.report(&attempted, status, 1, clock.elapsed());
         self.finish(
@@ -306,6 +330,10 @@ impl Runtime {
         .await;
         match attempted.outcome {
             Outcome::Failed(err) => Err(err.into()),
+            // A caller waiting for an answer cannot be handed back to a queue.
+            Outcome::Deferred(_, reason) => {
+                Err(TaskError::retryable(class::LEASE_HELD, reason).into())
+            }
             _ => Ok(report),
         }
     }
@@ -358,6 +386,89 @@ impl Runtime {
             };
         }
 
+        if let Err(err) = spec.check_kwargs(&envelope.kwargs) {
+            return failed(task, run_key, err);
+        }
+        let retry = spec.retry;
+        let done = |outcome| Attempted {
+            task: task.clone(),
+            run_key: run_key.clone(),
+            retry,
+            outcome,
+        };
+
+        // Leases: the single-instance lease first, then the delivery's idempotency record.
+        let owner = uuid::Uuid::new_v4().to_string();
+        let leases = self.services.leases.clone();
+        let window = chrono::Duration::from_std(self.services.settings.lease_window)
+            .unwrap_or(chrono::Duration::MAX);
+        let latest = invocation.deadline_at + LEASE_DEADLINE_MARGIN;
+        let hold_until = move |now: chrono::DateTime<Utc>| (now + window).min(latest);
+        let mut held: Vec<String> = Vec::new();
+        if let Some(policy) = spec.single_instance {
+            let now = Utc::now();
+            let key = run_lease_key(spec.name, policy.keys, &envelope.kwargs);
+            let lease = Lease::new(
+                &key,
+                LeaseKind::Run,
+                &owner,
+                spec.name,
+                now,
+                hold_until(now),
+            );
+            match leases.acquire(&lease, now).await {
+                Err(e) => return done(Outcome::Failed(e.into())),
+                Ok(Acquire::Acquired) => held.push(key),
+                Ok(Acquire::Held(holder)) => {
+                    let reason = format!("already running: {holder}");
+                    warn!(lease = %holder.key, holder = %holder.owner, expires_at = %holder.expires_at,
+                        policy = ?policy.on_duplicate, "single-instance lease held");
+                    return done(match policy.on_duplicate {
+                        OnDuplicate::Skip => Outcome::Skipped(reason),
+                        OnDuplicate::Defer(delay) => Outcome::Deferred(delay, reason),
+                        OnDuplicate::Fail => {
+                            Outcome::Failed(TaskError::permanent(class::LEASE_HELD, reason))
+                        }
+                    });
+                }
+            }
+        }
+        let mut completes: Option<(String, chrono::Duration)> = None;
+        if let Some(idem) = spec.idempotency {
+            let now = Utc::now();
+            let id = envelope
+                .idempotency_key
+                .clone()
+                .unwrap_or_else(|| run_key.clone());
+            let key = format!("idem:{}:{id}", spec.name);
+            let hash = payload_hash(&envelope.kwargs);
+            let mut record = Lease::new(
+                &key,
+                LeaseKind::Idempotency,
+                &owner,
+                spec.name,
+                now,
+                hold_until(now),
+            );
+            record.payload_hash = Some(hash.clone());
+            let outcome = match leases.acquire(&record, now).await {
+                Err(e) => Some(Outcome::Failed(e.into())),
+                Ok(Acquire::Acquired) => None,
+                Ok(Acquire::Held(previous)) => Some(duplicate_outcome(
+                    &previous, &key, &id, spec.name, &hash, now,
+                )),
+            };
+            if let Some(outcome) = outcome {
+                self.release_all(&owner, &held).await;
+                return done(outcome);
+            }
+            held.push(key.clone());
+            completes = Some((
+                key,
+                chrono::Duration::from_std(idem.keep).unwrap_or(chrono::Duration::MAX),
+            ));
+        }
+
         let stop_at = invocation
             .deadline
             .checked_sub(FINAL_RESERVE)
@@ -371,7 +482,18 @@ impl Runtime {
             stop_at,
         );
         let running = AssertUnwindSafe(spec.run(envelope.kwargs, ctx)).catch_unwind();
-        let outcome = match tokio::time::timeout_at(stop_at, running).await {
+        let beat = heartbeat(
+            leases.as_ref(),
+            &owner,
+            &held,
+            self.services.settings.lease_window / 3,
+            hold_until,
+        );
+        let result = tokio::select! {
+            result = tokio::time::timeout_at(stop_at, running) => result,
+            never = beat => match never {},
+        };
+        let outcome = match result {
             Err(_) => Outcome::Failed(TaskError::retryable(
                 class::DEADLINE_EXCEEDED,
                 "stopped at the invocation deadline before finishing",
@@ -386,11 +508,31 @@ impl Runtime {
                 None => Outcome::Done(output),
             },
         };
-        Attempted {
-            task,
-            run_key,
-            retry: spec.retry,
-            outcome,
+
+        // A completed delivery keeps its record, with the output, for duplicates to find; anything else
+        // frees the key so a retry can run.
+        if let (Some((key, keep)), Outcome::Done(output)) = (&completes, &outcome) {
+            let now = Utc::now();
+            let stored = serde_json::to_string(output).unwrap_or_default();
+            match leases
+                .complete(key, &owner, &stored, now + *keep, now)
+                .await
+            {
+                Ok(()) => held.retain(|k| k != key),
+                Err(e) => {
+                    warn!(key = %key, error = %e, "could not store the result for duplicate deliveries")
+                }
+            }
+        }
+        self.release_all(&owner, &held).await;
+        done(outcome)
+    }
+
+    async fn release_all(&self, owner: &str, keys: &[String]) {
+        for key in keys {
+            if let Err(e) = self.services.leases.release(key, owner).await {
+                warn!(key = %key, error = %e, "could not release a lease; it ends at its expiry");
+            }
         }
     }
 
@@ -402,8 +544,10 @@ impl Runtime {
         duration: Duration,
     ) -> RunReport {
         let (counts, reason, error, detail) = match &attempted.outcome {
-            Outcome::Done(out) => (out.counts, None, None, out.detail.clone()),
-            Outcome::Skipped(reason) => {
+            Outcome::Done(out) | Outcome::Replayed(out) => {
+                (out.counts, None, None, out.detail.clone())
+            }
+            Outcome::Skipped(reason) | Outcome::Deferred(_, reason) => {
                 (Counts::default(), Some(reason.clone()), None, Value::Null)
             }
             Outcome::Failed(err) => (
@@ -424,6 +568,7 @@ impl Runtime {
             reason,
             error_kind: error.map(|e| e.kind().as_str().to_owned()),
             error_class: error.map(|e| e.class().to_owned()),
+            replayed: matches!(attempted.outcome, Outcome::Replayed(_)),
             detail,
         }
     }
@@ -476,6 +621,90 @@ impl Runtime {
     }
 }
 
+/// What a delivery does when its idempotency key already has a record.
+fn duplicate_outcome(
+    previous: &Lease,
+    key: &str,
+    id: &str,
+    task: &str,
+    hash: &str,
+    now: chrono::DateTime<Utc>,
+) -> Outcome {
+    if previous.payload_hash.as_deref() != Some(hash) {
+        return Outcome::Failed(TaskError::permanent(
+            class::IDEMPOTENCY_CONFLICT,
+            format!("idempotency key `{id}` of task `{task}` was first used with other arguments"),
+        ));
+    }
+    match previous
+        .result
+        .as_deref()
+        .map(serde_json::from_str::<TaskOutput>)
+    {
+        Some(Ok(output)) => {
+            info!(key = %key, "duplicate delivery of a completed run: returning the stored report");
+            Outcome::Replayed(output)
+        }
+        Some(Err(e)) => Outcome::Failed(TaskError::permanent(
+            class::LEASE_STORE,
+            format!("stored result of `{key}` is unreadable: {e}"),
+        )),
+        None => {
+            let wait = (previous.expires_at - now)
+                .to_std()
+                .unwrap_or_default()
+                .max(Duration::from_secs(1));
+            Outcome::Deferred(
+                wait,
+                format!("the same delivery is in progress: {previous}"),
+            )
+        }
+    }
+}
+
+/// The single-instance lease key: `run:<task>` plus `:<name>=<value>` for each selected argument.
+fn run_lease_key(task: &str, keys: &[&str], kwargs: &serde_json::Map<String, Value>) -> String {
+    let mut key = format!("run:{task}");
+    for name in keys {
+        let value = match kwargs.get(*name) {
+            None | Some(Value::Null) => "-".to_owned(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        key.push_str(&format!(":{name}={value}"));
+    }
+    key
+}
+
+/// SHA-256 of the arguments in canonical form (object keys sorted).
+fn payload_hash(kwargs: &serde_json::Map<String, Value>) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = serde_json::to_string(kwargs).unwrap_or_default();
+    Sha256::digest(canonical.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Renews `keys` every `every` until dropped. Never completes on its own.
+async fn heartbeat(
+    leases: &dyn LeaseStore,
+    owner: &str,
+    keys: &[String],
+    every: Duration,
+    hold_until: impl Fn(chrono::DateTime<Utc>) -> chrono::DateTime<Utc>,
+) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(every).await;
+        let now = Utc::now();
+        for key in keys {
+            if let Err(e) = leases.renew(key, owner, hold_until(now), now).await {
+                warn!(key = %key, error = %e, "lease heartbeat failed");
+            }
+        }
+    }
+}
+
 fn panic_message(panic: &Box<dyn Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -490,7 +719,9 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
 mod tests {
     use super::*;
     use crate::config::Settings;
+    use crate::lease::memory::MemoryLeaseStore;
     use crate::queue::QueueUrls;
+    use crate::registry::{Idempotency, SingleInstance};
     use crate::registry::{Task, TaskSpec};
     use crate::report::TaskReport;
     use futures::future::BoxFuture;
@@ -683,6 +914,7 @@ mod tests {
 
     fn settings(concurrency: usize, margin_ms: u64) -> Settings {
         let mut env: HashMap<String, String> = HashMap::new();
+        env.insert("DD_LEASE_TABLE".into(), "leases".into());
         env.insert(
             "DATABASE_URL".into(),
             "postgresql://nobody@127.0.0.1:1/none".into(),
@@ -700,6 +932,20 @@ mod tests {
     }
 
     fn runtime(queue_ops: Arc<RecordingQueue>, concurrency: usize, margin_ms: u64) -> Runtime {
+        runtime_with(
+            queue_ops,
+            concurrency,
+            margin_ms,
+            Arc::new(MemoryLeaseStore::new()),
+        )
+    }
+
+    fn runtime_with(
+        queue_ops: Arc<RecordingQueue>,
+        concurrency: usize,
+        margin_ms: u64,
+        leases: Arc<MemoryLeaseStore>,
+    ) -> Runtime {
         let settings = settings(concurrency, margin_ms);
         let db = crate::db::lazy_pool(&settings).unwrap();
         let sqs = aws_sdk_sqs::Client::from_conf(
@@ -714,9 +960,18 @@ mod tests {
             TaskSpec::of::<Boom>(),
             TaskSpec::of::<Elsewhere>(),
             TaskSpec::of::<Gauge>(),
+            TaskSpec::of::<Solo>(),
+            TaskSpec::of::<SoloDefer>(),
+            TaskSpec::of::<SoloFail>(),
+            TaskSpec::of::<Once>(),
         ])
         .unwrap();
-        let services = Arc::new(Services { settings, db, sqs });
+        let services = Arc::new(Services {
+            settings,
+            db,
+            sqs,
+            leases,
+        });
         Runtime::new(
             Queue::Default,
             registry,
@@ -1005,5 +1260,298 @@ mod tests {
                 dlq: "q/default-dlq".into()
             }
         );
+    }
+
+    // Lease-policy test tasks.
+    #[derive(Debug, Deserialize, garde::Validate)]
+    #[serde(deny_unknown_fields)]
+    struct SetArgs {
+        #[serde(default)]
+        #[garde(skip)]
+        set: Option<String>,
+        #[serde(default)]
+        #[garde(skip)]
+        fail: bool,
+    }
+
+    macro_rules! solo_task {
+        ($name:ident, $task:literal, $policy:expr) => {
+            struct $name;
+            impl Task for $name {
+                const NAME: &'static str = $task;
+                const QUEUE: Queue = Queue::Default;
+                const SINGLE_INSTANCE: Option<SingleInstance> = Some(SingleInstance {
+                    keys: &["set"],
+                    on_duplicate: $policy,
+                });
+                type Args = SetArgs;
+                type Report = CountReport;
+                async fn run(args: SetArgs, _ctx: TaskContext) -> Result<CountReport, TaskError> {
+                    Ok(CountReport {
+                        n: args.set.map_or(1, |s| s.len() as u64),
+                    })
+                }
+            }
+        };
+    }
+    solo_task!(Solo, "solo", OnDuplicate::Skip);
+    solo_task!(
+        SoloDefer,
+        "solo_defer",
+        OnDuplicate::Defer(Duration::from_secs(30))
+    );
+    solo_task!(SoloFail, "solo_fail", OnDuplicate::Fail);
+
+    static ONCE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+    struct Once;
+    impl Task for Once {
+        const NAME: &'static str = "once";
+        const QUEUE: Queue = Queue::Default;
+        const IDEMPOTENCY: Option<Idempotency> = Some(Idempotency {
+            keep: Duration::from_secs(3600),
+        });
+        type Args = SetArgs;
+        type Report = CountReport;
+        async fn run(args: SetArgs, _ctx: TaskContext) -> Result<CountReport, TaskError> {
+            let n = ONCE_RUNS.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+            if args.fail {
+                return Err(TaskError::retryable(class::TASK_RETRYABLE, "not yet"));
+            }
+            Ok(CountReport { n })
+        }
+    }
+
+    fn held_by_someone_else(key: &str) -> Lease {
+        let now = Utc::now();
+        Lease::new(
+            key,
+            LeaseKind::Run,
+            "other-run",
+            "solo",
+            now,
+            now + chrono::Duration::seconds(60),
+        )
+    }
+
+    #[tokio::test]
+    async fn single_instance_skip_acknowledges_and_names_the_holder() {
+        let q = Arc::new(RecordingQueue::default());
+        let leases = Arc::new(MemoryLeaseStore::new());
+        let rt = runtime_with(q.clone(), 1, 0, leases.clone());
+        let holder = held_by_someone_else("run:solo:set=MH1");
+        leases.acquire(&holder, Utc::now()).await.unwrap();
+
+        let out = rt
+            .handle(json!({"task": "solo", "kwargs": {"set": "MH1"}}), inv())
+            .await
+            .unwrap();
+        assert_eq!(out["status"], "skipped");
+        let reason = out["reason"].as_str().unwrap();
+        assert!(reason.contains("held by other-run until"), "{reason}");
+
+        // Another set is another key: it runs, and its lease is released afterwards.
+        let out = rt
+            .handle(json!({"task": "solo", "kwargs": {"set": "WAR"}}), inv())
+            .await
+            .unwrap();
+        assert_eq!(out["status"], "succeeded");
+        assert_eq!(leases.get("run:solo:set=WAR").await.unwrap(), None);
+
+        let r = rt
+            .handle_batch(
+                event(vec![record(
+                    "s",
+                    r#"{"task":"solo","kwargs":{"set":"MH1"}}"#,
+                    1,
+                )]),
+                &inv(),
+            )
+            .await;
+        assert!(
+            r.batch_item_failures.is_empty(),
+            "a skipped duplicate is acknowledged"
+        );
+        assert!(q.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn single_instance_defer_and_fail() {
+        let q = Arc::new(RecordingQueue::default());
+        let leases = Arc::new(MemoryLeaseStore::new());
+        let rt = runtime_with(q.clone(), 1, 0, leases.clone());
+        leases
+            .acquire(&held_by_someone_else("run:solo_defer:set=-"), Utc::now())
+            .await
+            .unwrap();
+        leases
+            .acquire(&held_by_someone_else("run:solo_fail:set=-"), Utc::now())
+            .await
+            .unwrap();
+
+        let r = rt
+            .handle_batch(
+                event(vec![
+                    record("d", r#"{"task":"solo_defer"}"#, 1),
+                    record("f", r#"{"task":"solo_fail"}"#, 1),
+                ]),
+                &inv(),
+            )
+            .await;
+        assert_eq!(failed_ids(&r), vec!["d"]);
+        assert_eq!(
+            q.delays(),
+            vec![("rh-d".to_owned(), Duration::from_secs(30))]
+        );
+        let dead = q.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].1.error_class, "lease_held");
+
+        let err = rt
+            .handle(json!({"task": "solo_defer"}), inv())
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type, "lease_held");
+    }
+
+    #[tokio::test]
+    async fn duplicate_deliveries_run_once_and_report_the_same() {
+        let q = Arc::new(RecordingQueue::default());
+        let leases = Arc::new(MemoryLeaseStore::new());
+        let rt = runtime_with(q.clone(), 1, 0, leases.clone());
+        let before = ONCE_RUNS.load(Ordering::SeqCst);
+        let body = r#"{"task":"once","id":"delivery-1","kwargs":{"set":"M20"}}"#;
+        let first = rt
+            .handle(serde_json::from_str(body).unwrap(), inv())
+            .await
+            .unwrap();
+        let second = rt
+            .handle(serde_json::from_str(body).unwrap(), inv())
+            .await
+            .unwrap();
+        assert_eq!(ONCE_RUNS.load(Ordering::SeqCst), before + 1, "ran once");
+        assert_eq!(first["detail"], second["detail"]);
+        assert_eq!(first["counts"], second["counts"]);
+        assert_eq!(second["replayed"], true);
+        assert!(first.get("replayed").is_none());
+
+        // Through SQS: redelivery with another receive count is acknowledged with the stored report.
+        let r = rt
+            .handle_batch(event(vec![record("again", body, 2)]), &inv())
+            .await;
+        assert!(r.batch_item_failures.is_empty());
+        assert_eq!(ONCE_RUNS.load(Ordering::SeqCst), before + 1);
+
+        // Same key, other arguments: a clear permanent error.
+        let err = rt
+            .handle(
+                json!({"task":"once","id":"delivery-1","kwargs":{"set":"WAR"}}),
+                inv(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type, "idempotency_conflict");
+        assert!(err.message.contains("`delivery-1`"), "{}", err.message);
+
+        // The envelope's idempotency_key wins over its id.
+        let keyed =
+            |id: &str| json!({"task":"once","id":id,"idempotency_key":"nightly-2026-11-26"});
+        rt.handle(keyed("a"), inv()).await.unwrap();
+        let again = rt.handle(keyed("b"), inv()).await.unwrap();
+        assert_eq!(again["replayed"], true);
+    }
+
+    #[tokio::test]
+    async fn a_failed_delivery_frees_its_key_and_an_in_progress_one_is_deferred() {
+        let q = Arc::new(RecordingQueue::default());
+        let leases = Arc::new(MemoryLeaseStore::new());
+        let rt = runtime_with(q.clone(), 1, 0, leases.clone());
+        let r = rt
+            .handle_batch(
+                event(vec![record(
+                    "x",
+                    r#"{"task":"once","id":"retry-me","kwargs":{"fail":true}}"#,
+                    1,
+                )]),
+                &inv(),
+            )
+            .await;
+        assert_eq!(failed_ids(&r), vec!["x"]);
+        assert_eq!(
+            leases.get("idem:once:retry-me").await.unwrap(),
+            None,
+            "a failure keeps no record"
+        );
+
+        // A live in-progress record (another delivery running now): hand back until it expires.
+        let now = Utc::now();
+        let mut running = Lease::new(
+            "idem:once:busy",
+            LeaseKind::Idempotency,
+            "other",
+            "once",
+            now,
+            now + chrono::Duration::seconds(20),
+        );
+        running.payload_hash = Some(payload_hash(&serde_json::Map::new()));
+        leases.acquire(&running, now).await.unwrap();
+        let r = rt
+            .handle_batch(
+                event(vec![record("y", r#"{"task":"once","id":"busy"}"#, 1)]),
+                &inv(),
+            )
+            .await;
+        assert_eq!(failed_ids(&r), vec!["y"]);
+        let delay = q.delays().last().unwrap().1;
+        assert!(
+            delay > Duration::from_secs(15) && delay <= Duration::from_secs(20),
+            "{delay:?}"
+        );
+
+        // Once it has expired (its holder died), the next delivery takes it over and runs.
+        let expired = now - chrono::Duration::seconds(1);
+        let mut dead = Lease::new(
+            "idem:once:dead",
+            LeaseKind::Idempotency,
+            "crashed",
+            "once",
+            expired,
+            expired,
+        );
+        dead.payload_hash = running.payload_hash.clone();
+        leases
+            .acquire(&dead, expired - chrono::Duration::seconds(1))
+            .await
+            .unwrap();
+        let out = rt
+            .handle(json!({"task":"once","id":"dead"}), inv())
+            .await
+            .unwrap();
+        assert_eq!(out["status"], "succeeded");
+        assert!(out.get("replayed").is_none());
+    }
+
+    #[test]
+    fn lease_keys_and_payload_hashes() {
+        let kwargs = json!({"set": "MH1", "limit": 5, "flag": null})
+            .as_object()
+            .cloned()
+            .unwrap();
+        assert_eq!(run_lease_key("refresh", &[], &kwargs), "run:refresh");
+        assert_eq!(
+            run_lease_key("refresh", &["set", "limit", "flag", "other"], &kwargs),
+            "run:refresh:set=MH1:limit=5:flag=-:other=-"
+        );
+        let reordered = json!({"flag": null, "limit": 5, "set": "MH1"})
+            .as_object()
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            payload_hash(&kwargs),
+            payload_hash(&reordered),
+            "key order does not matter"
+        );
+        assert_ne!(payload_hash(&kwargs), payload_hash(&serde_json::Map::new()));
+        assert_eq!(payload_hash(&kwargs).len(), 64);
     }
 }

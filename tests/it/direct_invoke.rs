@@ -30,15 +30,21 @@ async fn a_bare_envelope_runs_synchronously_and_returns_its_report() {
             .unwrap();
     assert_eq!(note, "by hand");
 
-    // The same id again: nothing new is recorded.
+    // The same delivery again: the stored report comes back and nothing runs.
     let Invoked::Outcome(InvokeOutcome::Response(again)) = function
-        .invoke(json!({"task": "ping", "id": "direct-1"}))
+        .invoke(json!({"task": "ping", "id": "direct-1", "kwargs": {"note": "by hand"}}))
         .await
         .unwrap()
     else {
         panic!()
     };
-    assert_eq!(again["detail"]["recorded"], false);
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["detail"], report["detail"]);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM health_checks")
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1);
 
     for (payload, error_type, needle) in [
         (
@@ -69,12 +75,17 @@ async fn a_bare_envelope_runs_synchronously_and_returns_its_report() {
         (
             json!({"task": "ingest_everything_now"}),
             "unknown_task",
-            "registered: dlq_report, ping",
+            "registered: dlq_report, leases, ping",
         ),
         (
             json!({"task": "ping", "kwargs": {"drill": "permanent"}}),
             "task_failed",
             "drill",
+        ),
+        (
+            json!({"task": "ping", "id": "direct-1", "kwargs": {"note": "other"}}),
+            "idempotency_conflict",
+            "other arguments",
         ),
     ] {
         let out = function.invoke(payload.clone()).await.unwrap();

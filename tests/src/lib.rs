@@ -11,7 +11,7 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use dualcaster::local::event_source::{invoke_function, Dispatch, EventSource};
 use dualcaster::local::function::LocalFunction;
 use dualcaster::local::template::{self, Provisioned, Template};
-use dualcaster::local::{function_binary, local_aws_defaults, local_sqs};
+use dualcaster::local::{function_binary, local_aws_defaults, local_dynamodb, local_sqs};
 use dualcaster::queue::Queue;
 use sqlx::PgPool;
 
@@ -24,6 +24,7 @@ pub struct TestStack {
     pub pool: PgPool,
     pub database_url: String,
     pub sqs: aws_sdk_sqs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
     pub provisioned: Provisioned,
     db_name: String,
     admin_url: String,
@@ -55,6 +56,7 @@ impl TestStack {
         dualcaster::db::MIGRATOR.run(&pool).await?;
 
         let sqs = local_sqs().await;
+        let dynamodb = local_dynamodb().await;
         let template_path =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml");
         let template = Template::load(&template_path)?;
@@ -62,7 +64,7 @@ impl TestStack {
             "VisibilityTimeout".to_owned(),
             TEST_VISIBILITY_SECS.to_string(),
         )]);
-        let provisioned = template::provision(&sqs, &template, &name, &overrides)
+        let provisioned = template::provision(&sqs, &dynamodb, &template, &name, &overrides)
             .await
             .context("creating queues in LocalStack: is the local stack up? (`make stack-up`)")?;
         Ok(TestStack {
@@ -70,6 +72,7 @@ impl TestStack {
             pool,
             database_url,
             sqs,
+            dynamodb,
             provisioned,
             db_name,
             admin_url,
@@ -78,6 +81,11 @@ impl TestStack {
 
     pub fn queue_url(&self, queue: Queue) -> &str {
         &self.provisioned.env[&format!("DD_QUEUE_URL_{}", queue.env_suffix())]
+    }
+
+    /// The lease table of this test's stack.
+    pub fn lease_table(&self) -> &str {
+        &self.provisioned.env["DD_LEASE_TABLE"]
     }
 
     pub fn dlq_url(&self, queue: Queue) -> &str {
@@ -90,6 +98,8 @@ impl TestStack {
         env.extend(self.provisioned.env.clone());
         env.insert("DATABASE_URL".into(), self.database_url.clone());
         env.insert("DD_DEADLINE_MARGIN_MS".into(), "1000".into());
+        // Short leases, so a killed holder blocks the next delivery for seconds, not a minute.
+        env.insert("DD_LEASE_WINDOW_MS".into(), "3000".into());
         env.insert("DD_METRICS_DISABLED".into(), "1".into());
         env.insert("RUST_LOG".into(), "info".into());
         env
@@ -250,7 +260,7 @@ impl TestStack {
     /// Drops the database and the queues.
     pub async fn cleanup(self) {
         self.pool.close().await;
-        template::delete(&self.sqs, &self.provisioned).await;
+        template::delete(&self.sqs, &self.dynamodb, &self.provisioned).await;
         if let Ok(admin) = PgPool::connect(&self.admin_url).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",

@@ -26,11 +26,14 @@ use dualcaster::config::Settings;
 use dualcaster::context::Services;
 use dualcaster::db::{self, RunLog, MIGRATOR};
 use dualcaster::envelope::Envelope;
+use dualcaster::lease::dynamo::DynamoLeaseStore;
 use dualcaster::local::event_source::{invoke_function, EventSource};
 use dualcaster::local::function::{Invoked, LocalFunction};
 use dualcaster::local::runtime_api::InvokeOutcome;
 use dualcaster::local::template::{provision, Template};
-use dualcaster::local::{function_binary, load_env_file, local_aws_defaults, local_sqs};
+use dualcaster::local::{
+    function_binary, load_env_file, local_aws_defaults, local_dynamodb, local_sqs,
+};
 use dualcaster::queue::{Queue, SqsQueueOps};
 use dualcaster::registry::Registry;
 use dualcaster::runtime::{Invocation, Runtime};
@@ -222,7 +225,8 @@ async fn migrate() -> Result<()> {
 async fn provision_stack(stack: &str, template: &Path) -> Result<BTreeMap<String, String>> {
     let template = Template::load(template)?;
     let sqs = local_sqs().await;
-    let provisioned = provision(&sqs, &template, stack, &BTreeMap::new()).await?;
+    let dynamodb = local_dynamodb().await;
+    let provisioned = provision(&sqs, &dynamodb, &template, stack, &BTreeMap::new()).await?;
     let mut env = local_aws_defaults();
     env.extend(provisioned.env);
     env.insert(
@@ -250,10 +254,15 @@ async fn local_runtime(queue: Queue) -> Result<Runtime> {
     let settings = Settings::from_env()?;
     let sqs = local_sqs().await;
     let pool = db::lazy_pool(&settings)?;
+    let leases = Arc::new(DynamoLeaseStore::new(
+        local_dynamodb().await,
+        settings.lease_table.clone(),
+    ));
     let services = Arc::new(Services {
         settings,
         db: pool.clone(),
         sqs: sqs.clone(),
+        leases,
     });
     Ok(Runtime::new(
         queue,

@@ -49,8 +49,8 @@ pub fn local_aws_defaults() -> BTreeMap<String, String> {
     env
 }
 
-/// An SQS client for the local stack (see [`local_aws_defaults`]).
-pub async fn local_sqs() -> aws_sdk_sqs::Client {
+/// AWS configuration for the local stack (see [`local_aws_defaults`]).
+pub async fn local_aws() -> aws_config::SdkConfig {
     let env = local_aws_defaults();
     let creds = aws_sdk_sqs::config::Credentials::new(
         &env["AWS_ACCESS_KEY_ID"],
@@ -59,13 +59,22 @@ pub async fn local_sqs() -> aws_sdk_sqs::Client {
         None,
         "local",
     );
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(env["AWS_REGION"].clone()))
         .endpoint_url(&env["AWS_ENDPOINT_URL"])
         .credentials_provider(creds)
         .load()
-        .await;
-    aws_sdk_sqs::Client::new(&conf)
+        .await
+}
+
+/// An SQS client for the local stack.
+pub async fn local_sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&local_aws().await)
+}
+
+/// A DynamoDB client for the local stack (LocalStack, which forwards to moto).
+pub async fn local_dynamodb() -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&local_aws().await)
 }
 
 /// The function binary for `queue` next to the running executable (both live in `target/<profile>`).

@@ -26,12 +26,30 @@ impl QueueDefinition {
     }
 }
 
+/// A DynamoDB table as the template declares it (string hash key, optional TTL attribute).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableDefinition {
+    pub logical_id: String,
+    pub name_template: String,
+    pub hash_key: String,
+    pub ttl_attribute: Option<String>,
+}
+
+impl TableDefinition {
+    pub fn name(&self, stack: &str) -> String {
+        self.name_template.replace("${AWS::StackName}", stack)
+    }
+}
+
 /// The parts of the template that local runs need.
 #[derive(Debug, Clone)]
 pub struct Template {
     pub queues: Vec<QueueDefinition>,
+    pub tables: Vec<TableDefinition>,
     /// Function environment variables that name a queue (`DD_QUEUE_URL_DEFAULT: !Ref DefaultQueue`).
     pub queue_env: BTreeMap<String, String>,
+    /// Function environment variables that name a table (`DD_LEASE_TABLE: !Ref LeaseTable`).
+    pub table_env: BTreeMap<String, String>,
 }
 
 /// SQS attributes copied from a queue's properties. Encryption settings are accepted by the emulator too.
@@ -58,15 +76,22 @@ impl Template {
             .and_then(Value::as_mapping)
             .ok_or_else(|| anyhow!("template has no Resources"))?;
         let mut queues = Vec::new();
+        let mut tables = Vec::new();
         for (id, resource) in resources {
             let id = id
                 .as_str()
                 .ok_or_else(|| anyhow!("non-string logical id"))?;
-            if resource.get("Type").and_then(Value::as_str) != Some("AWS::SQS::Queue") {
-                continue;
+            match resource.get("Type").and_then(Value::as_str) {
+                Some("AWS::SQS::Queue") => {
+                    queues.push(parse_queue(id, resource).with_context(|| format!("queue {id}"))?)
+                }
+                Some("AWS::DynamoDB::Table") => {
+                    tables.push(parse_table(id, resource).with_context(|| format!("table {id}"))?)
+                }
+                _ => {}
             }
-            queues.push(parse_queue(id, resource).with_context(|| format!("queue {id}"))?);
         }
+        let table_ids: Vec<&str> = tables.iter().map(|t| t.logical_id.as_str()).collect();
         let queue_ids: Vec<&str> = queues.iter().map(|q| q.logical_id.as_str()).collect();
         for q in &queues {
             if let Some((dlq, _)) = &q.redrive {
@@ -79,6 +104,7 @@ impl Template {
             }
         }
         let mut queue_env = BTreeMap::new();
+        let mut table_env = BTreeMap::new();
         if let Some(vars) = doc
             .get("Globals")
             .and_then(|g| g.get("Function"))
@@ -88,13 +114,24 @@ impl Template {
         {
             for (name, value) in vars {
                 if let (Some(name), Some(target)) = (name.as_str(), tagged(value, "Ref")) {
-                    if let Some(target) = target.as_str().filter(|t| queue_ids.contains(t)) {
-                        queue_env.insert(name.to_owned(), target.to_owned());
+                    match target.as_str() {
+                        Some(t) if queue_ids.contains(&t) => {
+                            queue_env.insert(name.to_owned(), t.to_owned());
+                        }
+                        Some(t) if table_ids.contains(&t) => {
+                            table_env.insert(name.to_owned(), t.to_owned());
+                        }
+                        _ => {}
                     }
                 }
             }
         }
-        Ok(Template { queues, queue_env })
+        Ok(Template {
+            queues,
+            tables,
+            queue_env,
+            table_env,
+        })
     }
 
     pub fn queue(&self, logical_id: &str) -> Option<&QueueDefinition> {
@@ -119,18 +156,49 @@ fn scalar(value: &Value) -> Option<String> {
     }
 }
 
+fn name_template(props: &Value, field: &str) -> Result<String> {
+    let name = props.get(field).ok_or_else(|| anyhow!("no {field}"))?;
+    Ok(tagged(name, "Sub")
+        .and_then(Value::as_str)
+        .or_else(|| name.as_str())
+        .ok_or_else(|| anyhow!("{field} must be a string or !Sub string"))?
+        .to_owned())
+}
+
+fn parse_table(id: &str, resource: &Value) -> Result<TableDefinition> {
+    let props = resource
+        .get("Properties")
+        .ok_or_else(|| anyhow!("no Properties"))?;
+    let hash_key = props
+        .get("KeySchema")
+        .and_then(Value::as_sequence)
+        .and_then(|keys| {
+            keys.iter()
+                .find(|k| k.get("KeyType").and_then(Value::as_str) == Some("HASH"))
+        })
+        .and_then(|k| k.get("AttributeName"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("KeySchema has no HASH key"))?
+        .to_owned();
+    let ttl_attribute = props
+        .get("TimeToLiveSpecification")
+        .filter(|t| t.get("Enabled").and_then(Value::as_bool) == Some(true))
+        .and_then(|t| t.get("AttributeName"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok(TableDefinition {
+        logical_id: id.to_owned(),
+        name_template: name_template(props, "TableName")?,
+        hash_key,
+        ttl_attribute,
+    })
+}
+
 fn parse_queue(id: &str, resource: &Value) -> Result<QueueDefinition> {
     let props = resource
         .get("Properties")
         .ok_or_else(|| anyhow!("no Properties"))?;
-    let name = props
-        .get("QueueName")
-        .ok_or_else(|| anyhow!("no QueueName"))?;
-    let name_template = tagged(name, "Sub")
-        .and_then(Value::as_str)
-        .or_else(|| name.as_str())
-        .ok_or_else(|| anyhow!("QueueName must be a string or !Sub string"))?
-        .to_owned();
+    let name_template = name_template(props, "QueueName")?;
     let mut attributes = BTreeMap::new();
     for attr in PASSED_ATTRIBUTES {
         if let Some(v) = props.get(*attr) {
@@ -171,7 +239,9 @@ pub struct Provisioned {
     pub urls: BTreeMap<String, String>,
     /// Queue ARN by logical id.
     pub arns: BTreeMap<String, String>,
-    /// The functions' queue variables (`DD_QUEUE_URL_*`, `DD_DLQ_URL_*`) with their URLs.
+    /// Table name by logical id.
+    pub tables: BTreeMap<String, String>,
+    /// The functions' resource variables (`DD_QUEUE_URL_*`, `DD_DLQ_URL_*`, `DD_LEASE_TABLE`).
     pub env: BTreeMap<String, String>,
 }
 
@@ -179,6 +249,7 @@ pub struct Provisioned {
 /// replace template attributes, e.g. a short `VisibilityTimeout` for tests.
 pub async fn provision(
     sqs: &aws_sdk_sqs::Client,
+    dynamodb: &aws_sdk_dynamodb::Client,
     template: &Template,
     stack: &str,
     overrides: &BTreeMap<String, String>,
@@ -248,16 +319,96 @@ pub async fn provision(
         out.urls.insert(q.logical_id.clone(), url);
         out.arns.insert(q.logical_id.clone(), arn);
     }
+    for table in &template.tables {
+        let name = table.name(stack);
+        create_table(dynamodb, table, &name).await?;
+        out.tables.insert(table.logical_id.clone(), name);
+    }
     for (var, id) in &template.queue_env {
         out.env.insert(var.clone(), out.urls[id].clone());
+    }
+    for (var, id) in &template.table_env {
+        out.env.insert(var.clone(), out.tables[id].clone());
     }
     Ok(out)
 }
 
-/// Deletes every queue of `stack` (tests clean up after themselves with this).
-pub async fn delete(sqs: &aws_sdk_sqs::Client, provisioned: &Provisioned) {
+/// Creates an on-demand table with the definition's hash key (if it does not exist) and enables its TTL.
+async fn create_table(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &TableDefinition,
+    name: &str,
+) -> Result<()> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        TimeToLiveSpecification,
+    };
+    if dynamodb
+        .describe_table()
+        .table_name(name)
+        .send()
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    dynamodb
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(&table.hash_key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(&table.hash_key)
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "CreateTable {name}: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+            )
+        })?;
+    if let Some(ttl) = &table.ttl_attribute {
+        dynamodb
+            .update_time_to_live()
+            .table_name(name)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(ttl)
+                    .enabled(true)
+                    .build()?,
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "UpdateTimeToLive {name}: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Deletes every queue and table of a provisioned stack (tests clean up after themselves with this).
+pub async fn delete(
+    sqs: &aws_sdk_sqs::Client,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    provisioned: &Provisioned,
+) {
     for url in provisioned.urls.values() {
         let _ = sqs.delete_queue().queue_url(url).send().await;
+    }
+    for name in provisioned.tables.values() {
+        let _ = dynamodb.delete_table().table_name(name).send().await;
     }
 }
 
@@ -304,6 +455,16 @@ mod tests {
                 spec.retry.max_retries + 1
             );
         }
+    }
+
+    #[test]
+    fn reads_the_lease_table() {
+        let t = repo_template();
+        let table_id = &t.table_env["DD_LEASE_TABLE"];
+        let table = t.tables.iter().find(|x| &x.logical_id == table_id).unwrap();
+        assert_eq!(table.hash_key, "pk");
+        assert_eq!(table.ttl_attribute.as_deref(), Some("ttl"));
+        assert_eq!(table.name("s"), "s-leases");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::TaskContext;
 use crate::error::{from_sdk_error, TaskError};
 use crate::queue::{truncate, DeadLetter, Queue};
-use crate::registry::Task;
+use crate::registry::{OnDuplicate, SingleInstance, Task};
 use crate::report::{Counts, TaskReport};
 use crate::retry::RetryPolicy;
 
@@ -97,6 +97,11 @@ impl Task for DlqReport {
     const NAME: &'static str = "dlq_report";
     const QUEUE: Queue = Queue::Default;
     const RETRY: RetryPolicy = RetryPolicy::STANDARD;
+    /// Two scans at once would hide messages from each other and both report wrong counts.
+    const SINGLE_INSTANCE: Option<SingleInstance> = Some(SingleInstance {
+        keys: &[],
+        on_duplicate: OnDuplicate::Skip,
+    });
     type Args = DlqReportArgs;
     type Report = DlqSummary;
 

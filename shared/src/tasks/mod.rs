@@ -17,4 +17,5 @@ macro_rules! tasks {
 tasks! {
     ping::Ping,
     dlq_report::DlqReport,
+    leases::Leases,
 }

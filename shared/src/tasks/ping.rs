@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::TaskContext;
 use crate::error::{class, TaskError};
 use crate::queue::Queue;
-use crate::registry::Task;
+use crate::registry::{Idempotency, Task};
 use crate::report::{Counts, TaskReport};
 use crate::retry::RetryPolicy;
 
@@ -66,6 +66,10 @@ impl Task for Ping {
     const NAME: &'static str = "ping";
     const QUEUE: Queue = Queue::Default;
     const RETRY: RetryPolicy = RetryPolicy::new(3, Duration::from_secs(1), Duration::from_secs(30));
+    /// A redelivered ping returns the first delivery's report (same `db_time`) instead of pinging again.
+    const IDEMPOTENCY: Option<Idempotency> = Some(Idempotency {
+        keep: Duration::from_secs(24 * 60 * 60),
+    });
     type Args = PingArgs;
     type Report = PingReport;
 
