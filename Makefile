@@ -4,7 +4,7 @@ CARGO ?= cargo
 CLI := ./target/debug/dualcaster
 KWARGS ?= {}
 
-.PHONY: help setup stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision
+.PHONY: help setup stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -56,3 +56,13 @@ trigger-%: provision ## Enqueue a task on its queue: make trigger-ping KWARGS='{
 
 invoke-%: provision ## Run a task here and print its report: make invoke-dlq_report KWARGS='{"peek":3}'
 	$(CLI) invoke $* --kwargs '$(KWARGS)'
+
+leases: provision ## List held single-instance leases (KIND=idempotency for delivery records)
+	$(CLI) invoke leases --kwargs '{"action":"list","kind":"$(or $(KIND),run)"}'
+
+release-lease: provision ## Force-release a lease: make release-lease KEY=run:dlq_report REASON='why'
+	@test -n "$(KEY)" && test -n "$(REASON)" || { echo "usage: make release-lease KEY=<key> REASON=<why>"; exit 2; }
+	$(CLI) invoke leases --kwargs '{"action":"release","key":"$(KEY)","reason":"$(REASON)"}'
+
+bench-leases: provision ## Lease acquire/renew/release latency against LocalStack (median, p95)
+	$(CLI) bench-leases --rounds $(or $(ROUNDS),300)

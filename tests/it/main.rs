@@ -4,3 +4,4 @@
 mod batches;
 mod direct_invoke;
 mod faults;
+mod leases;

@@ -86,6 +86,11 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Measure lease operations against the lease table (DD_LEASE_TABLE) and the in-memory store.
+    BenchLeases {
+        #[arg(long, default_value_t = 300)]
+        rounds: usize,
+    },
     /// Provision, start the three functions locally, feed them from their queues, send a scripted mix of
     /// tasks (good, retried, poison, expired), wait until every queue is empty and print what happened.
     Demo {
@@ -190,6 +195,7 @@ async fn main() -> Result<()> {
                 Err(e) => bail!("{}: {}", e.error_type, e.message),
             }
         }
+        Command::BenchLeases { rounds } => bench_leases(rounds).await,
         Command::Demo {
             stack,
             template,
@@ -373,6 +379,11 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
             e.with_id(format!("demo-{run_id}-ping-{i}")).to_json(),
         ));
     }
+    let duplicate = bodies[0].1.clone();
+    bodies.push((
+        "the first ping again (a duplicate delivery: answered from its idempotency record)",
+        duplicate,
+    ));
     let drill = |kind: &str| {
         json!({"task": "ping", "id": format!("demo-{run_id}-drill-{kind}"), "kwargs": {"drill": kind}}).to_string()
     };
@@ -430,19 +441,20 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
 
     println!("== task runs since the demo started (from task_runs)");
     let rows: Vec<RunSummaryRow> = sqlx::query_as(
-        "SELECT task, status, disposition, count(*), string_agg(DISTINCT error_class, ',') \
+        "SELECT task, status, disposition || CASE WHEN replayed THEN ' (replayed)' ELSE '' END, count(*), \
+         string_agg(DISTINCT error_class, ',') \
          FROM task_runs WHERE started_at >= $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     )
     .bind(started)
     .fetch_all(&pool)
     .await?;
     println!(
-        "   {:<12} {:<10} {:<16} {:>5}  error classes",
+        "   {:<12} {:<10} {:<25} {:>5}  error classes",
         "task", "status", "disposition", "runs"
     );
     for (task, status, disposition, n, classes) in rows {
         println!(
-            "   {:<12} {:<10} {:<16} {:>5}  {}",
+            "   {:<12} {:<10} {:<25} {:>5}  {}",
             task.unwrap_or_else(|| "(none)".into()),
             status,
             disposition,
@@ -492,5 +504,82 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
     println!(
         "== done: the functions stop with this process; queues and history stay for inspection"
     );
+    Ok(())
+}
+
+/// Median and 95th percentile of `samples`, in microseconds.
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        samples[((samples.len() - 1) as f64 * q).round() as usize].as_nanos() as f64 / 1000.0
+    };
+    (at(0.5), at(0.95))
+}
+
+async fn bench_leases(rounds: usize) -> Result<()> {
+    use dualcaster::lease::memory::MemoryLeaseStore;
+    use dualcaster::lease::{Lease, LeaseKind, LeaseStore};
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let table = std::env::var("DD_LEASE_TABLE")
+        .map_err(|_| anyhow!("missing DD_LEASE_TABLE (run `make provision`)"))?;
+    let dynamo = DynamoLeaseStore::new(local_dynamodb().await, table.clone());
+    let memory = MemoryLeaseStore::new();
+    let stores: [(&str, &dyn LeaseStore); 2] = [("dynamodb", &dynamo), ("in-memory", &memory)];
+    println!(
+        "lease operations, {rounds} rounds each; dynamodb = LocalStack -> moto, table {table}"
+    );
+    println!(
+        "{:<38} {:>12} {:>12}",
+        "store: operation", "median (us)", "p95 (us)"
+    );
+    for (name, store) in stores {
+        let (mut acquire, mut held, mut renew, mut release) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        for i in 0..rounds {
+            let now = Utc::now();
+            let key = format!("run:bench-{run}-{i}");
+            let lease = Lease::new(
+                &key,
+                LeaseKind::Run,
+                "bench",
+                "bench",
+                now,
+                now + chrono::Duration::seconds(60),
+            );
+            let t = std::time::Instant::now();
+            store.acquire(&lease, now).await?;
+            acquire.push(t.elapsed());
+            let mut rival = lease.clone();
+            rival.owner = "rival".into();
+            let t = std::time::Instant::now();
+            store.acquire(&rival, now).await?;
+            held.push(t.elapsed());
+            let t = std::time::Instant::now();
+            store
+                .renew(&key, "bench", now + chrono::Duration::seconds(120), now)
+                .await?;
+            renew.push(t.elapsed());
+            let t = std::time::Instant::now();
+            store.release(&key, "bench").await?;
+            release.push(t.elapsed());
+        }
+        for (op, samples) in [
+            ("acquire, key free", acquire),
+            ("acquire, key held (put + get)", held),
+            ("renew", renew),
+            ("release", release),
+        ] {
+            let (p50, p95) = percentiles(samples);
+            println!(
+                "{:<38} {:>12.1} {:>12.1}",
+                format!("{name}: {op}"),
+                p50,
+                p95
+            );
+        }
+    }
     Ok(())
 }
