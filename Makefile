@@ -4,7 +4,7 @@ CARGO ?= cargo
 CLI := ./target/debug/dualcaster
 KWARGS ?= {}
 
-.PHONY: help setup stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases
+.PHONY: help setup stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -66,3 +66,12 @@ release-lease: provision ## Force-release a lease: make release-lease KEY=run:dl
 
 bench-leases: provision ## Lease acquire/renew/release latency against LocalStack (median, p95)
 	$(CLI) bench-leases --rounds $(or $(ROUNDS),300)
+
+template: build ## Regenerate the schedules block of infra/template.yaml from the registry
+	$(CLI) template sync
+
+template-check: build ## Fail if the template drifted from the registry or breaks a deployment rule
+	$(CLI) template check
+
+schedules: build ## List every schedule with its next fire times: make schedules NEXT=5
+	$(CLI) schedules --next $(or $(NEXT),3)

@@ -18,9 +18,12 @@ pub mod registry;
 pub mod report;
 pub mod retry;
 pub mod runtime;
+pub mod schedule;
 pub mod tasks;
 pub mod telemetry;
 
+#[cfg(feature = "local")]
+pub mod infra;
 #[cfg(feature = "local")]
 pub mod local;
 

@@ -42,6 +42,8 @@ pub trait Task: Send + Sync + 'static {
     const SINGLE_INSTANCE: Option<SingleInstance> = None;
     /// Recognise duplicate deliveries and return the stored report instead of running again.
     const IDEMPOTENCY: Option<Idempotency> = None;
+    /// EventBridge rules that enqueue this task (the SAM template's rules are generated from these).
+    const SCHEDULES: &'static [Schedule] = &[];
 
     /// Typed arguments: unknown fields must be rejected (`#[serde(deny_unknown_fields)]`); bounds are
     /// declared with `garde`.
@@ -82,6 +84,29 @@ pub struct Idempotency {
     pub keep: std::time::Duration,
 }
 
+/// A schedule: an EventBridge rule that sends the task's envelope to its queue, so scheduled runs get
+/// retries and the DLQ like any other message. Each firing's envelope id is `schedule:<rule>:<time>`, so a
+/// duplicated firing is recognised by idempotent tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Schedule {
+    /// Unique per task; the rule is `<task>-<name>`.
+    pub name: &'static str,
+    /// `cron(...)` (EventBridge's six fields, UTC) or `rate(...)`.
+    pub expression: &'static str,
+    /// The kwargs each firing sends, as a JSON object.
+    pub kwargs: &'static str,
+    pub enabled: bool,
+    /// Why this cadence: kept next to it and in the rule's description.
+    pub why: &'static str,
+}
+
+impl Schedule {
+    /// The rule's name suffix, `<task>-<name>`.
+    pub fn rule_name(&self, task: &str) -> String {
+        format!("{task}-{}", self.name)
+    }
+}
+
 /// A finished run's report with the task type erased.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TaskOutput {
@@ -102,6 +127,7 @@ pub struct TaskSpec {
     pub retry: RetryPolicy,
     pub single_instance: Option<SingleInstance>,
     pub idempotency: Option<Idempotency>,
+    pub schedules: &'static [Schedule],
     run: RunFn,
     check: CheckFn,
 }
@@ -114,6 +140,7 @@ impl std::fmt::Debug for TaskSpec {
             .field("retry", &self.retry)
             .field("single_instance", &self.single_instance)
             .field("idempotency", &self.idempotency)
+            .field("schedules", &self.schedules)
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +153,7 @@ impl TaskSpec {
             retry: T::RETRY,
             single_instance: T::SINGLE_INSTANCE,
             idempotency: T::IDEMPOTENCY,
+            schedules: T::SCHEDULES,
             run: run_erased::<T>,
             check: |kwargs| parse_args::<T>(kwargs.clone()).map(drop),
         }
@@ -259,6 +287,62 @@ impl Registry {
         Ok(self.lookup(name)?.queue)
     }
 
+    /// Every schedule with its task, in task order.
+    pub fn schedules(&self) -> impl Iterator<Item = (&TaskSpec, &Schedule)> {
+        self.tasks
+            .values()
+            .flat_map(|spec| spec.schedules.iter().map(move |s| (spec, s)))
+    }
+
+    /// Checks every schedule: a valid expression that fires at least once, kwargs the task accepts, and a
+    /// rule name EventBridge accepts, unique per task. Errors name the task, the schedule and the field.
+    pub fn validate_schedules(&self) -> Result<(), Vec<String>> {
+        use crate::schedule::ScheduleExpression;
+        let mut problems = Vec::new();
+        let mut rules = std::collections::HashSet::new();
+        for (spec, schedule) in self.schedules() {
+            let at = format!("task `{}`, schedule `{}`", spec.name, schedule.name);
+            let rule = schedule.rule_name(spec.name);
+            if !rules.insert(rule.clone()) {
+                problems.push(format!("{at}: the rule name `{rule}` is used twice"));
+            }
+            if rule.len() > 40
+                || !rule
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                problems.push(format!("{at}: rule name `{rule}` must be at most 40 of [A-Za-z0-9_-] (the stack name is prefixed)"));
+            }
+            match schedule.expression.parse::<ScheduleExpression>() {
+                Err(e) => problems.push(format!("{at}: `{}`: {e}", schedule.expression)),
+                Ok(expr) => {
+                    if expr.upcoming(chrono::Utc::now(), 1).is_empty() {
+                        problems.push(format!("{at}: `{}` never fires again", schedule.expression));
+                    }
+                }
+            }
+            match serde_json::from_str::<Value>(schedule.kwargs) {
+                Ok(Value::Object(kwargs)) => {
+                    if let Err(e) = spec.check_kwargs(&kwargs) {
+                        problems.push(format!("{at}: kwargs: {}", e.message()));
+                    }
+                }
+                _ => problems.push(format!(
+                    "{at}: kwargs must be a JSON object, got `{}`",
+                    schedule.kwargs
+                )),
+            }
+            if schedule.why.trim().is_empty() {
+                problems.push(format!("{at}: say why this cadence"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
     /// Builds a checked envelope for `task`: the task exists and the arguments are valid.
     pub fn envelope(
         &self,
@@ -288,6 +372,79 @@ mod tests {
         assert_eq!(r.route("dlq_report").unwrap(), Queue::Default);
         let names: Vec<_> = r.iter().map(|s| s.name).collect();
         assert_eq!(names, vec!["dlq_report", "leases", "ping"]);
+    }
+
+    #[test]
+    fn every_builtin_schedule_is_valid() {
+        let r = Registry::builtin();
+        r.validate_schedules().unwrap();
+        assert!(r.schedules().count() >= 2);
+    }
+
+    #[test]
+    fn bad_schedules_are_reported_with_task_schedule_and_field() {
+        let mut ping = *Registry::builtin().get("ping").unwrap();
+        ping.schedules = &[
+            Schedule {
+                name: "bad-cron",
+                expression: "cron(61 * * * ? *)",
+                kwargs: "{}",
+                enabled: true,
+                why: "x",
+            },
+            Schedule {
+                name: "bad-kwargs",
+                expression: "rate(5 minutes)",
+                kwargs: r#"{"work_ms": -1}"#,
+                enabled: true,
+                why: "x",
+            },
+            Schedule {
+                name: "never",
+                expression: "cron(0 0 30 2 ? *)",
+                kwargs: "{}",
+                enabled: true,
+                why: "x",
+            },
+            Schedule {
+                name: "never",
+                expression: "rate(1 day)",
+                kwargs: "[]",
+                enabled: false,
+                why: " ",
+            },
+        ];
+        let problems = Registry::from_specs([ping])
+            .unwrap()
+            .validate_schedules()
+            .unwrap_err();
+        assert!(problems.contains(&"task `ping`, schedule `bad-cron`: `cron(61 * * * ? *)`: minutes: 61 is outside 0-59".to_owned()), "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("task `ping`, schedule `bad-kwargs`: kwargs: task `ping`:")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.contains(
+                &"task `ping`, schedule `never`: `cron(0 0 30 2 ? *)` never fires again".to_owned()
+            ),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("is used twice")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("kwargs must be a JSON object")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("say why")),
+            "{problems:#?}"
+        );
     }
 
     #[test]

@@ -86,6 +86,18 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Keep infra/template.yaml in step with the registry.
+    Template {
+        #[command(subcommand)]
+        action: TemplateAction,
+        #[arg(long, default_value = "infra/template.yaml")]
+        path: PathBuf,
+    },
+    /// List every schedule with its next fire times (UTC).
+    Schedules {
+        #[arg(long, default_value_t = 3)]
+        next: usize,
+    },
     /// Measure lease operations against the lease table (DD_LEASE_TABLE) and the in-memory store.
     BenchLeases {
         #[arg(long, default_value_t = 300)]
@@ -102,6 +114,14 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum TemplateAction {
+    /// Rewrite the generated schedules block from the registry.
+    Sync,
+    /// Fail if the generated block drifted or an invariant is broken.
+    Check,
 }
 
 #[tokio::main]
@@ -196,6 +216,8 @@ async fn main() -> Result<()> {
             }
         }
         Command::BenchLeases { rounds } => bench_leases(rounds).await,
+        Command::Template { action, path } => template_command(action, &path),
+        Command::Schedules { next } => list_schedules(next),
         Command::Demo {
             stack,
             template,
@@ -580,6 +602,77 @@ async fn bench_leases(rounds: usize) -> Result<()> {
                 p95
             );
         }
+    }
+    Ok(())
+}
+
+fn template_command(action: TemplateAction, path: &Path) -> Result<()> {
+    use dualcaster::infra;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let registry = Registry::builtin();
+    if let Err(problems) = registry.validate_schedules() {
+        bail!("invalid schedules:\n  {}", problems.join("\n  "));
+    }
+    match action {
+        TemplateAction::Sync => {
+            let synced = infra::sync(&text, &registry)?;
+            if synced == text {
+                eprintln!("{} is up to date", path.display());
+            } else {
+                std::fs::write(path, synced)?;
+                eprintln!("rewrote the schedules of {}", path.display());
+            }
+            Ok(())
+        }
+        TemplateAction::Check => {
+            infra::check_drift(&text, &registry)?;
+            let problems = infra::check_invariants(&text)?;
+            if !problems.is_empty() {
+                bail!(
+                    "{} breaks deployment rules:\n  {}",
+                    path.display(),
+                    problems.join("\n  ")
+                );
+            }
+            eprintln!(
+                "{}: schedules match the registry; invariants hold",
+                path.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn list_schedules(next: usize) -> Result<()> {
+    use dualcaster::schedule::ScheduleExpression;
+    let registry = Registry::builtin();
+    let now = Utc::now();
+    for (spec, schedule) in registry.schedules() {
+        let expr: ScheduleExpression = schedule
+            .expression
+            .parse()
+            .map_err(|e| anyhow!("task `{}`, schedule `{}`: {e}", spec.name, schedule.name))?;
+        println!(
+            "{:<22} {:<10} {:<24} {}{}",
+            schedule.rule_name(spec.name),
+            spec.queue,
+            schedule.expression,
+            schedule.kwargs,
+            if schedule.enabled { "" } else { "  (disabled)" }
+        );
+        for t in expr.upcoming(now, next) {
+            println!("{:<22} next: {}", "", t.format("%Y-%m-%d %a %H:%M UTC"));
+        }
+        println!(
+            "{:<22} why: {}",
+            "",
+            schedule
+                .why
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
     Ok(())
 }

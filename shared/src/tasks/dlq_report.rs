@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::TaskContext;
 use crate::error::{from_sdk_error, TaskError};
 use crate::queue::{truncate, DeadLetter, Queue};
-use crate::registry::{OnDuplicate, SingleInstance, Task};
+use crate::registry::{OnDuplicate, Schedule, SingleInstance, Task};
 use crate::report::{Counts, TaskReport};
 use crate::retry::RetryPolicy;
 
@@ -102,6 +102,14 @@ impl Task for DlqReport {
         keys: &[],
         on_duplicate: OnDuplicate::Skip,
     });
+    const SCHEDULES: &'static [Schedule] = &[Schedule {
+        name: "hourly",
+        expression: "cron(5 * * * ? *)",
+        kwargs: r#"{"peek": 5}"#,
+        enabled: true,
+        why: "Hourly history of dead letters by task and error class in task_runs, for trends and triage; the \
+              DLQ depth alarms page within five minutes, so this need not be faster.",
+    }];
     type Args = DlqReportArgs;
     type Report = DlqSummary;
 

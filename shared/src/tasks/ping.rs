@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::TaskContext;
 use crate::error::{class, TaskError};
 use crate::queue::Queue;
-use crate::registry::{Idempotency, Task};
+use crate::registry::{Idempotency, Schedule, Task};
 use crate::report::{Counts, TaskReport};
 use crate::retry::RetryPolicy;
 
@@ -70,6 +70,14 @@ impl Task for Ping {
     const IDEMPOTENCY: Option<Idempotency> = Some(Idempotency {
         keep: Duration::from_secs(24 * 60 * 60),
     });
+    const SCHEDULES: &'static [Schedule] = &[Schedule {
+        name: "heartbeat",
+        expression: "cron(0/15 * * * ? *)",
+        kwargs: r#"{"note": "scheduled heartbeat"}"#,
+        enabled: true,
+        why: "A quarter-hourly heartbeat proves queue, function and database end to end; a gap of more than \
+              15 minutes in health_checks is an outage. Cheap: one row per run.",
+    }];
     type Args = PingArgs;
     type Report = PingReport;
 

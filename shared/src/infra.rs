@@ -1,0 +1,608 @@
+//! The SAM template and the registry, kept in agreement.
+//!
+//! The schedule rules (and the queue policies that let EventBridge send to the queues) are generated from the
+//! registry into a marked block of `infra/template.yaml` (`dualcaster template sync`, `make template`); a test
+//! fails when the block differs from what the registry generates. [`check_invariants`] checks the rest of the
+//! template for what every deployment must have: visibility timeouts that outlast the function, a DLQ with an
+//! alarm behind every queue, partial batch responses and bounded concurrency on every event source, IAM
+//! statements that name their resources, encryption everywhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde_norway::Value;
+
+use crate::queue::Queue;
+use crate::registry::Registry;
+
+pub const BEGIN_MARKER: &str =
+    "  # BEGIN GENERATED: schedules (from the task registry; `make template` rewrites this block)";
+pub const END_MARKER: &str = "  # END GENERATED: schedules";
+
+/// The template's logical id of a queue.
+pub fn queue_logical_id(queue: Queue) -> String {
+    format!("{}Queue", camel(queue.as_str()))
+}
+
+/// The template's logical id of a queue's dead-letter queue.
+pub fn dlq_logical_id(queue: Queue) -> String {
+    format!("{}DeadLetterQueue", camel(queue.as_str()))
+}
+
+fn camel(s: &str) -> String {
+    s.split(['_', '-'])
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The rule's logical id: `Schedule<Task><Name>`.
+pub fn rule_logical_id(task: &str, schedule: &str) -> String {
+    format!("Schedule{}{}", camel(task), camel(schedule))
+}
+
+/// YAML single-quoted scalar.
+fn quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The generated block: one `AWS::Events::Rule` per schedule, targeting the task's queue with an input
+/// transformer that gives each firing its own envelope id, and per queue a policy letting those rules send.
+pub fn schedules_block(registry: &Registry) -> String {
+    let mut out = String::new();
+    let mut rules_by_queue: BTreeMap<Queue, Vec<String>> = BTreeMap::new();
+    for (spec, schedule) in registry.schedules() {
+        let id = rule_logical_id(spec.name, schedule.name);
+        let rule = schedule.rule_name(spec.name);
+        let kwargs: serde_json::Value = serde_json::from_str(schedule.kwargs).unwrap_or_default();
+        // `<time>` is replaced by EventBridge with the scheduled time of the firing.
+        let template = format!(
+            r#"{{"v":1,"task":"{}","id":"schedule:{rule}:<time>","kwargs":{}}}"#,
+            spec.name, kwargs
+        );
+        let why = schedule
+            .why
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let description = format!("{}: {}", spec.name, why);
+        let _ = writeln!(out, "  {id}:");
+        let _ = writeln!(out, "    Type: AWS::Events::Rule");
+        let _ = writeln!(out, "    Properties:");
+        let _ = writeln!(out, "      Name: !Sub \"${{AWS::StackName}}-{rule}\"");
+        let _ = writeln!(
+            out,
+            "      Description: {}",
+            quoted(&crate::queue::truncate(&description, 512))
+        );
+        let _ = writeln!(
+            out,
+            "      ScheduleExpression: {}",
+            quoted(schedule.expression)
+        );
+        let _ = writeln!(
+            out,
+            "      State: {}",
+            if schedule.enabled {
+                "ENABLED"
+            } else {
+                "DISABLED"
+            }
+        );
+        let _ = writeln!(out, "      Targets:");
+        let _ = writeln!(out, "        - Id: {rule}");
+        let _ = writeln!(
+            out,
+            "          Arn: !GetAtt {}.Arn",
+            queue_logical_id(spec.queue)
+        );
+        let _ = writeln!(out, "          InputTransformer:");
+        let _ = writeln!(out, "            InputPathsMap:");
+        let _ = writeln!(out, "              time: $.time");
+        let _ = writeln!(out, "            InputTemplate: {}", quoted(&template));
+        let _ = writeln!(out);
+        rules_by_queue.entry(spec.queue).or_default().push(id);
+    }
+    for (queue, rules) in &rules_by_queue {
+        let qid = queue_logical_id(*queue);
+        let _ = writeln!(out, "  {qid}SchedulePolicy:");
+        let _ = writeln!(out, "    Type: AWS::SQS::QueuePolicy");
+        let _ = writeln!(out, "    Properties:");
+        let _ = writeln!(out, "      Queues: [!Ref {qid}]");
+        let _ = writeln!(out, "      PolicyDocument:");
+        let _ = writeln!(out, "        Version: \"2012-10-17\"");
+        let _ = writeln!(out, "        Statement:");
+        let _ = writeln!(out, "          - Sid: ScheduledTasks");
+        let _ = writeln!(out, "            Effect: Allow");
+        let _ = writeln!(out, "            Principal:");
+        let _ = writeln!(out, "              Service: events.amazonaws.com");
+        let _ = writeln!(out, "            Action: sqs:SendMessage");
+        let _ = writeln!(out, "            Resource: !GetAtt {qid}.Arn");
+        let _ = writeln!(out, "            Condition:");
+        let _ = writeln!(out, "              ArnEquals:");
+        let _ = writeln!(out, "                aws:SourceArn:");
+        for rule in rules {
+            let _ = writeln!(out, "                  - !GetAtt {rule}.Arn");
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DriftError {
+    #[error("the template has no `{0}` line")]
+    MissingMarker(&'static str),
+    #[error("the schedules in infra/template.yaml differ from the registry: run `make template` (first difference at generated line {line}: template has {found:?}, registry gives {expected:?})")]
+    Drift {
+        line: usize,
+        found: String,
+        expected: String,
+    },
+}
+
+fn block_bounds(template: &str) -> Result<(usize, usize), DriftError> {
+    let begin = template
+        .find(BEGIN_MARKER)
+        .ok_or(DriftError::MissingMarker("BEGIN GENERATED"))?;
+    let body = template[begin..]
+        .find('\n')
+        .map(|i| begin + i + 1)
+        .unwrap_or(template.len());
+    let end = template[body..]
+        .find(END_MARKER)
+        .map(|i| body + i)
+        .ok_or(DriftError::MissingMarker("END GENERATED"))?;
+    Ok((body, end))
+}
+
+/// The template with its generated block rewritten from the registry.
+pub fn sync(template: &str, registry: &Registry) -> Result<String, DriftError> {
+    let (body, end) = block_bounds(template)?;
+    Ok(format!(
+        "{}{}{}",
+        &template[..body],
+        schedules_block(registry),
+        &template[end..]
+    ))
+}
+
+/// Fails when the generated block is not exactly what the registry generates.
+pub fn check_drift(template: &str, registry: &Registry) -> Result<(), DriftError> {
+    let (body, end) = block_bounds(template)?;
+    let found = &template[body..end];
+    let expected = schedules_block(registry);
+    if found == expected {
+        return Ok(());
+    }
+    let mut f = found.lines();
+    let mut e = expected.lines();
+    for line in 1.. {
+        match (f.next(), e.next()) {
+            (Some(a), Some(b)) if a == b => continue,
+            (a, b) => {
+                return Err(DriftError::Drift {
+                    line,
+                    found: a.unwrap_or("(end of block)").to_owned(),
+                    expected: b.unwrap_or("(end of block)").to_owned(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+// --- invariants -----------------------------------------------------------------------------------------
+
+fn tagged<'a>(value: &'a Value, tag: &str) -> Option<&'a Value> {
+    match value {
+        Value::Tagged(t) if t.tag == tag => Some(&t.value),
+        _ => None,
+    }
+}
+
+/// `!GetAtt X.Attr` → `X`.
+fn get_att_target(value: &Value) -> Option<String> {
+    let inner = tagged(value, "GetAtt")?;
+    match inner {
+        Value::String(s) => s.split('.').next().map(str::to_owned),
+        Value::Sequence(seq) => seq.first().and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn number(value: Option<&Value>) -> Option<f64> {
+    match value? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn strings(value: Option<&Value>) -> Vec<Value> {
+    match value {
+        Some(Value::Sequence(seq)) => seq.clone(),
+        Some(v) => vec![v.clone()],
+        None => vec![],
+    }
+}
+
+/// Actions that read or change data: a statement allowing them must name its resources.
+fn is_data_action(action: &str) -> bool {
+    let action = action.to_ascii_lowercase();
+    [
+        "sqs:",
+        "dynamodb:",
+        "s3:",
+        "secretsmanager:",
+        "kms:",
+        "sns:",
+        "rds-db:",
+        "ssm:",
+    ]
+    .iter()
+    .any(|p| action.starts_with(p))
+        || action == "*"
+}
+
+/// Every violation of the deployment rules, as readable sentences (empty when the template is sound).
+pub fn check_invariants(template: &str) -> Result<Vec<String>, serde_norway::Error> {
+    let doc: Value = serde_norway::from_str(template)?;
+    let mut problems = Vec::new();
+    let empty = serde_norway::Mapping::new();
+    let resources = doc
+        .get("Resources")
+        .and_then(Value::as_mapping)
+        .unwrap_or(&empty);
+    let of_type = |t: &str| -> Vec<(String, &Value)> {
+        resources
+            .iter()
+            .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(t))
+            .filter_map(|(id, r)| Some((id.as_str()?.to_owned(), r)))
+            .collect()
+    };
+    let props = |r: &Value| r.get("Properties").cloned().unwrap_or(Value::Null);
+    let global_timeout = number(
+        doc.get("Globals")
+            .and_then(|g| g.get("Function"))
+            .and_then(|f| f.get("Timeout")),
+    )
+    .unwrap_or(3.0);
+
+    let queues = of_type("AWS::SQS::Queue");
+    let queue_ids: BTreeSet<String> = queues.iter().map(|(id, _)| id.clone()).collect();
+    let dlq_ids: BTreeSet<String> = queues
+        .iter()
+        .filter_map(|(_, q)| {
+            props(q)
+                .get("RedrivePolicy")
+                .and_then(|p| p.get("deadLetterTargetArn"))
+                .and_then(get_att_target)
+        })
+        .collect();
+
+    // Queues: a DLQ behind every work queue, encryption everywhere.
+    for (id, q) in &queues {
+        let p = props(q);
+        let encrypted = p.get("SqsManagedSseEnabled").and_then(Value::as_bool) == Some(true)
+            || p.get("KmsMasterKeyId").is_some();
+        if !encrypted {
+            problems.push(format!(
+                "{id}: queue is not encrypted (SqsManagedSseEnabled or KmsMasterKeyId)"
+            ));
+        }
+        if dlq_ids.contains(id) {
+            continue;
+        }
+        match p.get("RedrivePolicy") {
+            None => problems.push(format!(
+                "{id}: queue has no RedrivePolicy (dead-letter queue)"
+            )),
+            Some(policy) => {
+                let max = number(policy.get("maxReceiveCount")).unwrap_or(0.0);
+                if max < 5.0 {
+                    problems.push(format!("{id}: maxReceiveCount {max} is below 5"));
+                }
+                match policy.get("deadLetterTargetArn").and_then(get_att_target) {
+                    Some(t) if queue_ids.contains(&t) => {}
+                    _ => problems.push(format!(
+                        "{id}: RedrivePolicy does not target a queue of this template"
+                    )),
+                }
+            }
+        }
+    }
+
+    // An alarm on the depth of every dead-letter queue.
+    let alarmed: BTreeSet<String> = of_type("AWS::CloudWatch::Alarm")
+        .iter()
+        .filter(|(_, a)| {
+            props(a).get("MetricName").and_then(Value::as_str)
+                == Some("ApproximateNumberOfMessagesVisible")
+        })
+        .flat_map(|(_, a)| strings(props(a).get("Dimensions")))
+        .filter(|d| d.get("Name").and_then(Value::as_str) == Some("QueueName"))
+        .filter_map(|d| d.get("Value").and_then(get_att_target))
+        .collect();
+    for dlq in &dlq_ids {
+        if !alarmed.contains(dlq) {
+            problems.push(format!(
+                "{dlq}: dead-letter queue has no alarm on ApproximateNumberOfMessagesVisible"
+            ));
+        }
+    }
+
+    // Tables encrypted.
+    for (id, t) in of_type("AWS::DynamoDB::Table") {
+        let sse = props(t)
+            .get("SSESpecification")
+            .and_then(|s| s.get("SSEEnabled"))
+            .and_then(Value::as_bool);
+        if sse != Some(true) {
+            problems.push(format!(
+                "{id}: table is not encrypted (SSESpecification.SSEEnabled)"
+            ));
+        }
+    }
+
+    // Functions: event sources and IAM.
+    let mut consumed = BTreeSet::new();
+    for (id, f) in of_type("AWS::Serverless::Function") {
+        let p = props(f);
+        let timeout = number(p.get("Timeout")).unwrap_or(global_timeout);
+        for (_, event) in p
+            .get("Events")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+        {
+            if event.get("Type").and_then(Value::as_str) != Some("SQS") {
+                continue;
+            }
+            let ep = event.get("Properties").cloned().unwrap_or(Value::Null);
+            let queue = ep.get("Queue").and_then(get_att_target);
+            let responses: Vec<Value> = strings(ep.get("FunctionResponseTypes"));
+            if !responses
+                .iter()
+                .any(|r| r.as_str() == Some("ReportBatchItemFailures"))
+            {
+                problems.push(format!(
+                    "{id}: SQS event source lacks FunctionResponseTypes: [ReportBatchItemFailures]"
+                ));
+            }
+            let max_concurrency = number(
+                ep.get("ScalingConfig")
+                    .and_then(|s| s.get("MaximumConcurrency")),
+            );
+            if !max_concurrency.is_some_and(|m| (2.0..=1000.0).contains(&m)) {
+                problems.push(format!(
+                    "{id}: SQS event source lacks ScalingConfig.MaximumConcurrency (2-1000)"
+                ));
+            }
+            let window = number(ep.get("MaximumBatchingWindowInSeconds")).unwrap_or(0.0);
+            match queue {
+                Some(q) => {
+                    let visibility = queues
+                        .iter()
+                        .find(|(qid, _)| *qid == q)
+                        .and_then(|(_, r)| number(props(r).get("VisibilityTimeout")))
+                        .unwrap_or(30.0);
+                    if visibility < 6.0 * timeout + window {
+                        problems.push(format!(
+                            "{q}: VisibilityTimeout {visibility} is below 6 x {id}'s timeout {timeout} + batching window {window}"
+                        ));
+                    }
+                    consumed.insert(q);
+                }
+                None => problems.push(format!(
+                    "{id}: SQS event source Queue must be !GetAtt <Queue>.Arn"
+                )),
+            }
+        }
+        for policy in strings(p.get("Policies")) {
+            for statement in strings(policy.get("Statement")) {
+                if statement.get("Effect").and_then(Value::as_str) != Some("Allow") {
+                    continue;
+                }
+                let actions: Vec<String> = strings(statement.get("Action"))
+                    .iter()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect();
+                let wildcard = strings(statement.get("Resource"))
+                    .iter()
+                    .any(|r| r.as_str().is_some_and(|s| s.contains('*')));
+                if let Some(action) = actions
+                    .iter()
+                    .find(|a| is_data_action(a) && (wildcard || a.ends_with('*')))
+                {
+                    problems.push(format!("{id}: IAM statement allowing `{action}` must name its resources and actions (no `*`)"));
+                }
+            }
+        }
+    }
+    for queue in Queue::ALL {
+        let qid = queue_logical_id(queue);
+        if !consumed.contains(&qid) {
+            problems.push(format!("{qid}: no function consumes the {queue} queue"));
+        }
+        if !dlq_ids.contains(&dlq_logical_id(queue)) {
+            problems.push(format!(
+                "{qid}: its dead-letter queue {} is missing",
+                dlq_logical_id(queue)
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template() -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml");
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn the_template_schedules_follow_the_registry() {
+        check_drift(&template(), &Registry::builtin()).unwrap();
+    }
+
+    #[test]
+    fn the_template_keeps_every_invariant() {
+        assert_eq!(check_invariants(&template()).unwrap(), Vec::<String>::new());
+    }
+
+    /// Applies `from` -> `to` once to a copy of the template and returns the violations.
+    fn broken(from: &str, to: &str) -> Vec<String> {
+        let t = template();
+        assert!(t.contains(from), "the template no longer contains {from:?}");
+        check_invariants(&t.replacen(from, to, 1)).unwrap()
+    }
+
+    fn assert_reports(problems: Vec<String>, needle: &str) {
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "expected {needle:?} in {problems:#?}"
+        );
+    }
+
+    #[test]
+    fn a_short_visibility_timeout_is_caught() {
+        assert_reports(
+            broken("VisibilityTimeout: 725", "VisibilityTimeout: 700"),
+            "DefaultQueue: VisibilityTimeout 700 is below 6 x DefaultFunction's timeout 120 + batching window 5",
+        );
+    }
+
+    #[test]
+    fn a_low_max_receive_count_is_caught() {
+        assert_reports(
+            broken("maxReceiveCount: 10", "maxReceiveCount: 3"),
+            "IngestionQueue: maxReceiveCount 3 is below 5",
+        );
+    }
+
+    #[test]
+    fn a_missing_redrive_policy_is_caught() {
+        let t = template();
+        let start = t.find("      RedrivePolicy:\n        deadLetterTargetArn: !GetAtt DefaultDeadLetterQueue.Arn").unwrap();
+        let end = start
+            + t[start..].find("maxReceiveCount: 10\n").unwrap()
+            + "maxReceiveCount: 10\n".len();
+        let problems = check_invariants(&format!("{}{}", &t[..start], &t[end..])).unwrap();
+        assert_reports(problems.clone(), "DefaultQueue: queue has no RedrivePolicy");
+        assert_reports(
+            problems,
+            "DefaultQueue: its dead-letter queue DefaultDeadLetterQueue is missing",
+        );
+    }
+
+    #[test]
+    fn a_missing_dlq_alarm_is_caught() {
+        assert_reports(
+            broken(
+                "Value: !GetAtt AnalyticsDeadLetterQueue.QueueName",
+                "Value: !GetAtt AnalyticsQueue.QueueName",
+            ),
+            "AnalyticsDeadLetterQueue: dead-letter queue has no alarm",
+        );
+    }
+
+    #[test]
+    fn a_missing_partial_batch_response_is_caught() {
+        assert_reports(
+            broken(
+                "FunctionResponseTypes: [ReportBatchItemFailures]",
+                "FunctionResponseTypes: []",
+            ),
+            "IngestionFunction: SQS event source lacks FunctionResponseTypes",
+        );
+    }
+
+    #[test]
+    fn a_missing_maximum_concurrency_is_caught() {
+        assert_reports(
+            broken("MaximumConcurrency: 2", "MaximumConcurrency: 1"),
+            "SQS event source lacks ScalingConfig.MaximumConcurrency",
+        );
+    }
+
+    #[test]
+    fn unencrypted_queues_and_tables_are_caught() {
+        assert_reports(
+            broken("SqsManagedSseEnabled: true", "SqsManagedSseEnabled: false"),
+            "queue is not encrypted",
+        );
+        assert_reports(
+            broken("SSEEnabled: true", "SSEEnabled: false"),
+            "LeaseTable: table is not encrypted",
+        );
+    }
+
+    #[test]
+    fn wildcard_iam_on_data_actions_is_caught() {
+        assert_reports(
+            broken("Resource: !GetAtt LeaseTable.Arn", "Resource: \"*\""),
+            "IngestionFunction: IAM statement allowing `dynamodb:GetItem` must name its resources",
+        );
+        assert_reports(
+            broken("Action: [sqs:SendMessage]", "Action: [\"sqs:*\"]"),
+            "allowing `sqs:*`",
+        );
+    }
+
+    #[test]
+    fn schedule_drift_is_caught() {
+        let t = template();
+        let drifted = t.replacen(
+            "ScheduleExpression: 'cron(0/15 * * * ? *)'",
+            "ScheduleExpression: 'cron(0/5 * * * ? *)'",
+            1,
+        );
+        assert_ne!(drifted, t, "the template no longer has the ping schedule");
+        match check_drift(&drifted, &Registry::builtin()) {
+            Err(DriftError::Drift {
+                found, expected, ..
+            }) => {
+                assert!(found.contains("0/5"), "{found}");
+                assert!(expected.contains("0/15"), "{expected}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A rule removed by hand is drift too; syncing restores the block exactly.
+        let (body, end) = block_bounds(&t).unwrap();
+        let emptied = format!("{}{}", &t[..body], &t[end..]);
+        assert!(check_drift(&emptied, &Registry::builtin()).is_err());
+        assert_eq!(sync(&emptied, &Registry::builtin()).unwrap(), t);
+        assert_eq!(
+            check_drift("Resources: {}", &Registry::builtin()),
+            Err(DriftError::MissingMarker("BEGIN GENERATED"))
+        );
+    }
+
+    #[test]
+    fn generated_rules_send_an_envelope_with_a_per_firing_id() {
+        let block = schedules_block(&Registry::builtin());
+        assert!(
+            block.contains("  SchedulePingHeartbeat:\n    Type: AWS::Events::Rule\n"),
+            "{block}"
+        );
+        assert!(
+            block.contains(r#"InputTemplate: '{"v":1,"task":"ping","id":"schedule:ping-heartbeat:<time>","kwargs":{"note":"scheduled heartbeat"}}'"#),
+            "{block}"
+        );
+        assert!(block.contains("Arn: !GetAtt DefaultQueue.Arn"));
+        assert!(block.contains("  DefaultQueueSchedulePolicy:\n"));
+        assert!(block.contains("- !GetAtt ScheduleDlqReportHourly.Arn"));
+        // The block is valid YAML on its own.
+        let doc: Value = serde_norway::from_str(&block).unwrap();
+        assert!(doc.get("SchedulePingHeartbeat").is_some());
+    }
+}
