@@ -4,15 +4,18 @@ CARGO ?= cargo
 CLI := ./target/debug/dualcaster
 KWARGS ?= {}
 
-.PHONY: help setup stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules
+.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
 
-setup: stack-up build ## Start the local stack and build everything
+setup: stack-up tools build ## Start the local stack, install the template tools, build everything
 
 stack-up: ## Start Postgres, moto and LocalStack (installs what is missing)
 	bash scripts/stack.sh up
+
+tools: ## Install the pinned template tools (sam, cfn-lint) into .local/venv-tools
+	bash scripts/stack.sh tools
 
 stack-down: ## Stop LocalStack and moto (`scripts/stack.sh down --all` also stops Postgres)
 	bash scripts/stack.sh down
@@ -31,6 +34,9 @@ demo: setup ## The main job: the whole system on this machine, end to end
 
 test: setup ## Every test: unit and integration (starts the local stack)
 	$(CARGO) test --workspace
+
+test-slow: setup ## Tests that wait on real time, like a real EventBridge rule firing (about a minute)
+	$(CARGO) test -p integration-tests -- --ignored
 
 test-unit: ## Unit tests only (no services needed)
 	$(CARGO) test --workspace --lib --bins

@@ -22,6 +22,8 @@ DB_NAME=app
 
 LOCALSTACK_PINS=("localstack-core[runtime]==2026.3.0" "cbor2<6" "pyopenssl>=25.1,<26" "cryptography>=45,<46" "service_identity")
 MOTO_PINS=("moto[server]==5.2.5")
+# aws-sam-cli bundles cfn-lint (1.58.0 with this pin); checkov scans the template for misconfigurations.
+TOOL_PINS=("aws-sam-cli==1.170.0")
 
 mkdir -p "$LOGS" "$RUN"
 
@@ -179,6 +181,13 @@ stop_pid() {
     rm -f "$file"
 }
 
+# --- template tooling ---------------------------------------------------------------------------------
+
+tools_up() {
+    ensure_venv "$STATE/venv-tools" "$(command -v python3)" "${TOOL_PINS[@]}"
+    log "template tools ready: $("$STATE/venv-tools/bin/sam" --version 2>/dev/null), $("$STATE/venv-tools/bin/cfn-lint" --version 2>/dev/null)"
+}
+
 # --- commands -----------------------------------------------------------------------------------------
 
 up() {
@@ -216,5 +225,6 @@ case "${1:-}" in
     down) shift; down "$@" ;;
     status) status ;;
     restart-localstack) stop_pid "$RUN/localstack.pid" LocalStack; localstack_up ;;
-    *) echo "usage: $0 up | down [--all] | status" >&2; exit 2 ;;
+    tools) tools_up ;;
+    *) echo "usage: $0 up | down [--all] | status | tools" >&2; exit 2 ;;
 esac

@@ -4,4 +4,5 @@
 mod batches;
 mod direct_invoke;
 mod faults;
+mod infra;
 mod leases;

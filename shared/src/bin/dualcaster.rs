@@ -30,9 +30,9 @@ use dualcaster::lease::dynamo::DynamoLeaseStore;
 use dualcaster::local::event_source::{invoke_function, EventSource};
 use dualcaster::local::function::{Invoked, LocalFunction};
 use dualcaster::local::runtime_api::InvokeOutcome;
-use dualcaster::local::template::{provision, Template};
+use dualcaster::local::template::{provision, provision_rules, Template};
 use dualcaster::local::{
-    function_binary, load_env_file, local_aws_defaults, local_dynamodb, local_sqs,
+    function_binary, load_env_file, local_aws_defaults, local_dynamodb, local_events, local_sqs,
 };
 use dualcaster::queue::{Queue, SqsQueueOps};
 use dualcaster::registry::Registry;
@@ -255,6 +255,16 @@ async fn provision_stack(stack: &str, template: &Path) -> Result<BTreeMap<String
     let sqs = local_sqs().await;
     let dynamodb = local_dynamodb().await;
     let provisioned = provision(&sqs, &dynamodb, &template, stack, &BTreeMap::new()).await?;
+    let rules = provision_rules(
+        &local_events().await,
+        &template,
+        stack,
+        &provisioned,
+        &BTreeMap::new(),
+        None,
+    )
+    .await?;
+    eprintln!("scheduled rules: {}", rules.join(", "));
     let mut env = local_aws_defaults();
     env.extend(provisioned.env);
     env.insert(

@@ -77,6 +77,11 @@ pub async fn local_dynamodb() -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&local_aws().await)
 }
 
+/// An EventBridge client for the local stack.
+pub async fn local_events() -> aws_sdk_eventbridge::Client {
+    aws_sdk_eventbridge::Client::new(&local_aws().await)
+}
+
 /// The function binary for `queue` next to the running executable (both live in `target/<profile>`).
 pub fn function_binary(queue: crate::queue::Queue) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;

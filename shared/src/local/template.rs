@@ -41,11 +41,40 @@ impl TableDefinition {
     }
 }
 
+/// A scheduled `AWS::Events::Rule` with queue targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleDefinition {
+    pub logical_id: String,
+    pub name_template: String,
+    pub expression: String,
+    pub enabled: bool,
+    pub targets: Vec<RuleTarget>,
+}
+
+/// A rule target: a queue of the template and what the rule sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleTarget {
+    pub id: String,
+    pub queue_logical_id: String,
+    /// A constant `Input`.
+    pub input: Option<String>,
+    /// An `InputTransformer`: paths into the event, and the template they fill.
+    pub input_paths: BTreeMap<String, String>,
+    pub input_template: Option<String>,
+}
+
+impl RuleDefinition {
+    pub fn name(&self, stack: &str) -> String {
+        self.name_template.replace("${AWS::StackName}", stack)
+    }
+}
+
 /// The parts of the template that local runs need.
 #[derive(Debug, Clone)]
 pub struct Template {
     pub queues: Vec<QueueDefinition>,
     pub tables: Vec<TableDefinition>,
+    pub rules: Vec<RuleDefinition>,
     /// Function environment variables that name a queue (`DD_QUEUE_URL_DEFAULT: !Ref DefaultQueue`).
     pub queue_env: BTreeMap<String, String>,
     /// Function environment variables that name a table (`DD_LEASE_TABLE: !Ref LeaseTable`).
@@ -77,6 +106,7 @@ impl Template {
             .ok_or_else(|| anyhow!("template has no Resources"))?;
         let mut queues = Vec::new();
         let mut tables = Vec::new();
+        let mut rules = Vec::new();
         for (id, resource) in resources {
             let id = id
                 .as_str()
@@ -87,6 +117,9 @@ impl Template {
                 }
                 Some("AWS::DynamoDB::Table") => {
                     tables.push(parse_table(id, resource).with_context(|| format!("table {id}"))?)
+                }
+                Some("AWS::Events::Rule") => {
+                    rules.push(parse_rule(id, resource).with_context(|| format!("rule {id}"))?)
                 }
                 _ => {}
             }
@@ -129,6 +162,7 @@ impl Template {
         Ok(Template {
             queues,
             tables,
+            rules,
             queue_env,
             table_env,
         })
@@ -163,6 +197,67 @@ fn name_template(props: &Value, field: &str) -> Result<String> {
         .or_else(|| name.as_str())
         .ok_or_else(|| anyhow!("{field} must be a string or !Sub string"))?
         .to_owned())
+}
+
+fn parse_rule(id: &str, resource: &Value) -> Result<RuleDefinition> {
+    let props = resource
+        .get("Properties")
+        .ok_or_else(|| anyhow!("no Properties"))?;
+    let expression = props
+        .get("ScheduleExpression")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("only scheduled rules (ScheduleExpression) are supported"))?
+        .to_owned();
+    let enabled = props
+        .get("State")
+        .and_then(Value::as_str)
+        .unwrap_or("ENABLED")
+        == "ENABLED";
+    let mut targets = Vec::new();
+    for t in props
+        .get("Targets")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        let target_id = t
+            .get("Id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("target without Id"))?;
+        let queue = t
+            .get("Arn")
+            .and_then(|a| tagged(a, "GetAtt"))
+            .and_then(Value::as_str)
+            .and_then(|s| s.strip_suffix(".Arn"))
+            .ok_or_else(|| anyhow!("target {target_id}: Arn must be !GetAtt <Queue>.Arn"))?;
+        let transformer = t.get("InputTransformer");
+        let input_paths = transformer
+            .and_then(|x| x.get("InputPathsMap"))
+            .and_then(Value::as_mapping)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        targets.push(RuleTarget {
+            id: target_id.to_owned(),
+            queue_logical_id: queue.to_owned(),
+            input: t.get("Input").and_then(Value::as_str).map(str::to_owned),
+            input_paths,
+            input_template: transformer
+                .and_then(|x| x.get("InputTemplate"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        });
+    }
+    Ok(RuleDefinition {
+        logical_id: id.to_owned(),
+        name_template: name_template(props, "Name")?,
+        expression,
+        enabled,
+        targets,
+    })
 }
 
 fn parse_table(id: &str, resource: &Value) -> Result<TableDefinition> {
@@ -412,6 +507,103 @@ pub async fn delete(
     }
 }
 
+/// Creates the template's scheduled rules in EventBridge (LocalStack) for a provisioned stack, targeting
+/// its queues. `expressions` replaces a rule's schedule by logical id (tests fire every minute); rules not in
+/// `only` (when given) are created disabled. Returns the rule names.
+pub async fn provision_rules(
+    events: &aws_sdk_eventbridge::Client,
+    template: &Template,
+    stack: &str,
+    provisioned: &Provisioned,
+    expressions: &BTreeMap<String, String>,
+    only: Option<&[&str]>,
+) -> Result<Vec<String>> {
+    use aws_sdk_eventbridge::types::{InputTransformer, RuleState, Target};
+    let mut names = Vec::new();
+    for rule in &template.rules {
+        let name = rule.name(stack);
+        let expression = expressions
+            .get(&rule.logical_id)
+            .unwrap_or(&rule.expression);
+        let wanted = only.is_none_or(|ids| ids.contains(&rule.logical_id.as_str()));
+        let state = if rule.enabled && wanted {
+            RuleState::Enabled
+        } else {
+            RuleState::Disabled
+        };
+        events
+            .put_rule()
+            .name(&name)
+            .schedule_expression(expression)
+            .state(state)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "PutRule {name}: {}",
+                    aws_sdk_eventbridge::error::DisplayErrorContext(&e)
+                )
+            })?;
+        let mut targets = Vec::new();
+        for t in &rule.targets {
+            let arn = provisioned.arns.get(&t.queue_logical_id).ok_or_else(|| {
+                anyhow!(
+                    "rule {name} targets {}, which was not provisioned",
+                    t.queue_logical_id
+                )
+            })?;
+            let mut target = Target::builder().id(&t.id).arn(arn);
+            if let Some(input) = &t.input {
+                target = target.input(input);
+            }
+            if let Some(template) = &t.input_template {
+                let mut transformer = InputTransformer::builder().input_template(template);
+                for (k, v) in &t.input_paths {
+                    transformer = transformer.input_paths_map(k, v);
+                }
+                target = target.input_transformer(transformer.build()?);
+            }
+            targets.push(target.build()?);
+        }
+        events
+            .put_targets()
+            .rule(&name)
+            .set_targets(Some(targets))
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "PutTargets {name}: {}",
+                    aws_sdk_eventbridge::error::DisplayErrorContext(&e)
+                )
+            })?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Removes rules created by [`provision_rules`].
+pub async fn delete_rules(
+    events: &aws_sdk_eventbridge::Client,
+    template: &Template,
+    names: &[String],
+) {
+    for name in names {
+        let ids: Vec<String> = template
+            .rules
+            .iter()
+            .flat_map(|r| r.targets.iter().map(|t| t.id.clone()))
+            .collect();
+        let _ = events
+            .remove_targets()
+            .rule(name)
+            .set_ids(Some(ids))
+            .send()
+            .await;
+        let _ = events.delete_rule().name(name).send().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,6 +647,30 @@ mod tests {
                 spec.retry.max_retries + 1
             );
         }
+    }
+
+    #[test]
+    fn reads_the_generated_rules() {
+        let t = repo_template();
+        let ping = t
+            .rules
+            .iter()
+            .find(|r| r.logical_id == "SchedulePingHeartbeat")
+            .unwrap();
+        assert_eq!(ping.expression, "cron(0/15 * * * ? *)");
+        assert_eq!(ping.name("s"), "s-ping-heartbeat");
+        assert!(ping.enabled);
+        assert_eq!(ping.targets.len(), 1);
+        assert_eq!(ping.targets[0].queue_logical_id, "DefaultQueue");
+        assert_eq!(
+            ping.targets[0].input_paths.get("time").map(String::as_str),
+            Some("$.time")
+        );
+        assert!(ping.targets[0]
+            .input_template
+            .as_deref()
+            .unwrap()
+            .contains("schedule:ping-heartbeat:<time>"));
     }
 
     #[test]
