@@ -85,7 +85,7 @@ pub struct Idempotency {
 }
 
 /// A schedule: an EventBridge rule that sends the task's envelope to its queue, so scheduled runs get
-/// retries and the DLQ like any other message. Each firing's envelope id is `schedule:<rule>:<time>`, so a
+/// retries and the DLQ like any other message. Each firing's envelope id is `schedule:<rule>:<event time>`, so a
 /// duplicated firing is recognised by idempotent tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Schedule {
