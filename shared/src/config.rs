@@ -38,6 +38,13 @@ pub struct Settings {
     /// A lease lasts this long past its last heartbeat (`DD_LEASE_WINDOW_MS`, default 60000), and never past
     /// the invocation's deadline plus a margin: a crashed holder blocks others for at most this long.
     pub lease_window: Duration,
+    /// Scryfall's API (`DD_SCRYFALL_BASE_URL`, default https://api.scryfall.com).
+    pub scryfall_base_url: String,
+    /// MTGJSON's files (`DD_MTGJSON_BASE_URL`, default https://mtgjson.com/api/v5).
+    pub mtgjson_base_url: String,
+    /// Long ingestions stop and continue in a follow-up message when less than this remains
+    /// (`DD_INGEST_RESERVE_MS`, default 60000).
+    pub ingest_reserve: Duration,
 }
 
 impl Settings {
@@ -83,6 +90,16 @@ impl Settings {
                 "DD_LEASE_WINDOW_MS",
                 60_000,
                 1_000..=900_000,
+            )?),
+            scryfall_base_url: lookup("DD_SCRYFALL_BASE_URL")
+                .unwrap_or_else(|| "https://api.scryfall.com".to_owned()),
+            mtgjson_base_url: lookup("DD_MTGJSON_BASE_URL")
+                .unwrap_or_else(|| "https://mtgjson.com/api/v5".to_owned()),
+            ingest_reserve: Duration::from_millis(parse_or(
+                &lookup,
+                "DD_INGEST_RESERVE_MS",
+                60_000,
+                0..=900_000,
             )?),
         })
     }

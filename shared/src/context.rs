@@ -10,6 +10,7 @@ use crate::config::Settings;
 use crate::lease::LeaseStore;
 use crate::queue::Queue;
 use crate::telemetry::Progress;
+use crate::upstream::{Upstream, UpstreamConfig};
 
 /// Clients built once per container and shared by every invocation.
 pub struct Services {
@@ -17,6 +18,26 @@ pub struct Services {
     pub db: PgPool,
     pub sqs: aws_sdk_sqs::Client,
     pub leases: Arc<dyn LeaseStore>,
+    pub upstreams: Upstreams,
+}
+
+/// The HTTP upstreams, one client (and circuit breaker) each per container.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub scryfall: Upstream,
+    pub mtgjson: Upstream,
+}
+
+impl Upstreams {
+    pub fn from_settings(settings: &Settings) -> Result<Upstreams, crate::error::TaskError> {
+        let mut scryfall = UpstreamConfig::new("scryfall", &settings.scryfall_base_url);
+        // Scryfall asks for 50-100 ms between requests.
+        scryfall.pacing = Some(std::time::Duration::from_millis(100));
+        Ok(Upstreams {
+            scryfall: Upstream::new(scryfall)?,
+            mtgjson: Upstream::new(UpstreamConfig::new("mtgjson", &settings.mtgjson_base_url))?,
+        })
+    }
 }
 
 impl std::fmt::Debug for Services {
@@ -71,6 +92,10 @@ impl TaskContext {
 
     pub fn settings(&self) -> &Settings {
         &self.services.settings
+    }
+
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.services.upstreams
     }
 
     pub fn leases(&self) -> &dyn LeaseStore {

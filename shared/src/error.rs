@@ -46,6 +46,7 @@ pub mod class {
     pub const LEASE_LOST: &str = "lease_lost";
     pub const LEASE_HELD: &str = "lease_held";
     pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
+    pub const CORRUPT_DOWNLOAD: &str = "corrupt_download";
 }
 
 /// A task or runtime failure: its kind decides retry vs dead-letter; its class and message travel with

@@ -7,7 +7,7 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::context::Services;
+use crate::context::{Services, Upstreams};
 use crate::db::{self, RunLog};
 use crate::lease::dynamo::DynamoLeaseStore;
 use crate::queue::{Queue, SqsQueueOps};
@@ -26,6 +26,7 @@ pub async fn build(queue: Queue) -> Result<Runtime, lambda_runtime::Error> {
         settings.lease_table.clone(),
     ));
     let pool = db::lazy_pool(&settings)?;
+    let upstreams = Upstreams::from_settings(&settings)?;
     let function_name =
         std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| format!("dualcaster-{queue}"));
     let services = Arc::new(Services {
@@ -33,6 +34,7 @@ pub async fn build(queue: Queue) -> Result<Runtime, lambda_runtime::Error> {
         db: pool.clone(),
         sqs: sqs.clone(),
         leases,
+        upstreams,
     });
     Ok(Runtime::new(
         queue,

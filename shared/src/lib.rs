@@ -5,12 +5,14 @@
 //! [`telemetry`], build the clients and the Postgres pool once per container and hand every invocation to
 //! [`runtime::Runtime::handle`].
 
+pub mod catalog;
 pub mod config;
 pub mod context;
 pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod function;
+pub mod json_stream;
 pub mod lease;
 pub mod metrics;
 pub mod queue;
@@ -19,8 +21,10 @@ pub mod report;
 pub mod retry;
 pub mod runtime;
 pub mod schedule;
+pub mod scryfall;
 pub mod tasks;
 pub mod telemetry;
+pub mod upstream;
 
 #[cfg(feature = "local")]
 pub mod infra;

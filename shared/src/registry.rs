@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(r.route("ping").unwrap(), Queue::Default);
         assert_eq!(r.route("dlq_report").unwrap(), Queue::Default);
         let names: Vec<_> = r.iter().map(|s| s.name).collect();
-        assert_eq!(names, vec!["dlq_report", "leases", "ping"]);
+        assert_eq!(names, vec!["dlq_report", "ingest_scryfall_bulk", "leases", "ping"]);
     }
 
     #[test]
@@ -454,7 +454,7 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Permanent);
         assert!(
             err.message()
-                .contains("registered: dlq_report, leases, ping"),
+                .contains("registered: dlq_report, ingest_scryfall_bulk, leases, ping"),
             "{}",
             err.message()
         );

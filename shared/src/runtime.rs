@@ -966,11 +966,13 @@ mod tests {
             TaskSpec::of::<Once>(),
         ])
         .unwrap();
+        let upstreams = crate::context::Upstreams::from_settings(&settings).unwrap();
         let services = Arc::new(Services {
             settings,
             db,
             sqs,
             leases,
+            upstreams,
         });
         Runtime::new(
             Queue::Default,

@@ -103,8 +103,12 @@ async fn a_scheduled_rule_fires_into_its_queue_and_the_task_runs() {
     assert_eq!(note.as_deref(), Some("scheduled heartbeat"));
     // The envelope id carries the event's time (the same for a duplicated delivery of one firing).
     let fired_at = key.trim_start_matches("schedule:ping-heartbeat:");
-    let fired_at = chrono::DateTime::parse_from_rfc3339(fired_at).unwrap_or_else(|e| panic!("{key}: {e}"));
+    let fired_at =
+        chrono::DateTime::parse_from_rfc3339(fired_at).unwrap_or_else(|e| panic!("{key}: {e}"));
     let age = chrono::Utc::now() - fired_at.to_utc();
-    assert!((0..120).contains(&age.num_seconds()), "{key} fired {age} ago");
+    assert!(
+        (0..120).contains(&age.num_seconds()),
+        "{key} fired {age} ago"
+    );
     stack.cleanup().await;
 }

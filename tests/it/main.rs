@@ -5,4 +5,5 @@ mod batches;
 mod direct_invoke;
 mod faults;
 mod infra;
+mod ingestion;
 mod leases;

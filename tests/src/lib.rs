@@ -100,6 +100,8 @@ impl TestStack {
         env.insert("DD_DEADLINE_MARGIN_MS".into(), "1000".into());
         // Short leases, so a killed holder blocks the next delivery for seconds, not a minute.
         env.insert("DD_LEASE_WINDOW_MS".into(), "3000".into());
+        // Functions here time out after 30 s; keep the ingestion reserve well inside that.
+        env.insert("DD_INGEST_RESERVE_MS".into(), "2000".into());
         env.insert("DD_METRICS_DISABLED".into(), "1".into());
         env.insert("RUST_LOG".into(), "info".into());
         env
@@ -288,4 +290,107 @@ fn replace_database(url: &str, db: &str) -> String {
 /// Body of a ping envelope with a known id.
 pub fn ping(id: &str, kwargs: serde_json::Value) -> String {
     serde_json::json!({"v": 1, "task": "ping", "id": id, "kwargs": kwargs}).to_string()
+}
+
+/// The repository's test fixtures directory.
+pub fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(path)
+}
+
+/// A local stand-in for Scryfall (and MTGJSON): serves a bulk-data index and files whose content a test sets,
+/// and counts the requests it gets.
+#[derive(Clone)]
+pub struct FixtureServer {
+    pub base_url: String,
+    state: std::sync::Arc<std::sync::Mutex<FixtureState>>,
+}
+
+#[derive(Default)]
+struct FixtureState {
+    /// bulk type -> (updated_at, file name)
+    bulk: BTreeMap<String, (String, String)>,
+    files: HashMap<String, axum::body::Bytes>,
+    requests: Vec<String>,
+}
+
+impl FixtureServer {
+    pub async fn start() -> Result<FixtureServer> {
+        use axum::extract::{Path, State};
+        use axum::http::StatusCode;
+        use axum::routing::get;
+        type Shared = std::sync::Arc<std::sync::Mutex<FixtureState>>;
+
+        let state: Shared = Default::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let index_base = base_url.clone();
+        let app = axum::Router::new()
+            .route(
+                "/bulk-data",
+                get(move |State(s): State<Shared>| {
+                    let base = index_base.clone();
+                    async move {
+                        let mut s = s.lock().unwrap();
+                        s.requests.push("/bulk-data".into());
+                        let data: Vec<serde_json::Value> = s
+                            .bulk
+                            .iter()
+                            .map(|(kind, (updated_at, file))| {
+                                serde_json::json!({
+                                    "object": "bulk_data", "type": kind, "updated_at": updated_at,
+                                    "download_uri": format!("{base}/files/{file}"),
+                                    "size": s.files.get(file).map(|b| b.len()).unwrap_or(0),
+                                    "content_type": "application/json", "content_encoding": "gzip"
+                                })
+                            })
+                            .collect();
+                        axum::Json(
+                            serde_json::json!({"object": "list", "has_more": false, "data": data}),
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/files/{name}",
+                get(
+                    |State(s): State<Shared>, Path(name): Path<String>| async move {
+                        let mut s = s.lock().unwrap();
+                        s.requests.push(format!("/files/{name}"));
+                        match s.files.get(&name) {
+                            Some(body) => (StatusCode::OK, body.clone()),
+                            None => (StatusCode::NOT_FOUND, axum::body::Bytes::new()),
+                        }
+                    },
+                ),
+            )
+            .with_state(state.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FixtureServer { base_url, state })
+    }
+
+    /// Publishes `body` as the `kind` bulk file, version `updated_at`.
+    pub fn publish_bulk(&self, kind: &str, updated_at: &str, body: impl Into<axum::body::Bytes>) {
+        let mut s = self.state.lock().unwrap();
+        let file = format!("{kind}-{}.json", updated_at.replace([':', '.', '+'], "-"));
+        s.files.insert(file.clone(), body.into());
+        s.bulk
+            .insert(kind.to_owned(), (updated_at.to_owned(), file));
+    }
+
+    /// Serves any file under `/files/<name>`.
+    pub fn publish_file(&self, name: &str, body: impl Into<axum::body::Bytes>) {
+        self.state
+            .lock()
+            .unwrap()
+            .files
+            .insert(name.to_owned(), body.into());
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().requests.clone()
+    }
 }

@@ -23,7 +23,7 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 
 use dualcaster::config::Settings;
-use dualcaster::context::Services;
+use dualcaster::context::{Services, Upstreams};
 use dualcaster::db::{self, RunLog, MIGRATOR};
 use dualcaster::envelope::Envelope;
 use dualcaster::lease::dynamo::DynamoLeaseStore;
@@ -292,6 +292,7 @@ async fn local_runtime(queue: Queue) -> Result<Runtime> {
     let settings = Settings::from_env()?;
     let sqs = local_sqs().await;
     let pool = db::lazy_pool(&settings)?;
+    let upstreams = Upstreams::from_settings(&settings)?;
     let leases = Arc::new(DynamoLeaseStore::new(
         local_dynamodb().await,
         settings.lease_table.clone(),
@@ -301,6 +302,7 @@ async fn local_runtime(queue: Queue) -> Result<Runtime> {
         db: pool.clone(),
         sqs: sqs.clone(),
         leases,
+        upstreams,
     });
     Ok(Runtime::new(
         queue,

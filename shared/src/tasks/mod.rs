@@ -18,4 +18,5 @@ tasks! {
     ping::Ping,
     dlq_report::DlqReport,
     leases::Leases,
+    ingest_scryfall_bulk::IngestScryfallBulk,
 }

@@ -1,0 +1,324 @@
+//! Writing the catalog: printings and price points, set-based (`UNNEST` of column arrays) and idempotent
+//! (upserts that only touch rows whose values differ, so a redelivered batch changes nothing), and the
+//! `ingestion_runs` bookkeeping that lets a long run continue where it stopped.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::error::TaskError;
+
+/// A printing as the catalog stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrintingRow {
+    pub scryfall_id: Uuid,
+    pub oracle_id: Option<Uuid>,
+    pub name: String,
+    pub set_code: String,
+    pub collector_number: String,
+    pub rarity: String,
+    pub finishes: Vec<String>,
+    pub released_at: Option<NaiveDate>,
+    pub tcgplayer_id: Option<i32>,
+    pub cardmarket_id: Option<i32>,
+    pub mtgo_id: Option<i32>,
+    pub image_uri: Option<String>,
+}
+
+/// One daily price.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceRow {
+    pub scryfall_id: Uuid,
+    pub source: &'static str,
+    pub price_type: &'static str,
+    pub finish: &'static str,
+    pub currency: &'static str,
+    pub day: NaiveDate,
+    pub price: Decimal,
+}
+
+/// Upserts printings; returns how many rows were inserted or actually changed. Later duplicates of an id in
+/// `rows` win (Postgres refuses to update one row twice in a statement).
+pub async fn upsert_printings(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[PrintingRow],
+) -> Result<u64, TaskError> {
+    let mut by_id: HashMap<Uuid, &PrintingRow> = HashMap::with_capacity(rows.len());
+    for r in rows {
+        by_id.insert(r.scryfall_id, r);
+    }
+    if by_id.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<&PrintingRow> = by_id.into_values().collect();
+    let done = sqlx::query(
+        "INSERT INTO printings (scryfall_id, oracle_id, name, set_code, collector_number, rarity, finishes, \
+             released_at, tcgplayer_id, cardmarket_id, mtgo_id, image_uri) \
+         SELECT u.scryfall_id, u.oracle_id, u.name, u.set_code, u.collector_number, u.rarity, \
+             string_to_array(u.finishes, ','), u.released_at, u.tcgplayer_id, u.cardmarket_id, u.mtgo_id, u.image_uri \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+             $8::date[], $9::int4[], $10::int4[], $11::int4[], $12::text[]) \
+             AS u(scryfall_id, oracle_id, name, set_code, collector_number, rarity, finishes, released_at, \
+                  tcgplayer_id, cardmarket_id, mtgo_id, image_uri) \
+         ON CONFLICT (scryfall_id) DO UPDATE SET \
+             oracle_id = EXCLUDED.oracle_id, name = EXCLUDED.name, set_code = EXCLUDED.set_code, \
+             collector_number = EXCLUDED.collector_number, rarity = EXCLUDED.rarity, finishes = EXCLUDED.finishes, \
+             released_at = EXCLUDED.released_at, tcgplayer_id = EXCLUDED.tcgplayer_id, \
+             cardmarket_id = EXCLUDED.cardmarket_id, mtgo_id = EXCLUDED.mtgo_id, image_uri = EXCLUDED.image_uri, \
+             updated_at = now() \
+         WHERE (printings.oracle_id, printings.name, printings.set_code, printings.collector_number, \
+                printings.rarity, printings.finishes, printings.released_at, printings.tcgplayer_id, \
+                printings.cardmarket_id, printings.mtgo_id, printings.image_uri) \
+           IS DISTINCT FROM \
+               (EXCLUDED.oracle_id, EXCLUDED.name, EXCLUDED.set_code, EXCLUDED.collector_number, \
+                EXCLUDED.rarity, EXCLUDED.finishes, EXCLUDED.released_at, EXCLUDED.tcgplayer_id, \
+                EXCLUDED.cardmarket_id, EXCLUDED.mtgo_id, EXCLUDED.image_uri)",
+    )
+    .bind(rows.iter().map(|r| r.scryfall_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.oracle_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.set_code.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.collector_number.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.rarity.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.finishes.join(",")).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.released_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.tcgplayer_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.cardmarket_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.mtgo_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.image_uri.as_deref()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Inserts printings that are not in the catalog yet (from a source with less detail than Scryfall, such
+/// as MTGJSON's history) and records their MTGJSON ids; existing printings keep their data. Returns the rows
+/// inserted.
+pub async fn insert_missing_printings(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(PrintingRow, Uuid)],
+) -> Result<u64, TaskError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO printings (scryfall_id, name, set_code, collector_number, rarity, tcgplayer_id, mtgo_id, mtgjson_uuid) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int4[], $8::uuid[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(rows.iter().map(|(r, _)| r.scryfall_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(r, _)| r.name.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(r, _)| r.set_code.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(r, _)| r.collector_number.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(r, _)| r.rarity.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(r, _)| r.tcgplayer_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(r, _)| r.mtgo_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, u)| *u).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    // Existing printings learn their MTGJSON id (once; a uuid never moves to another printing).
+    sqlx::query(
+        "UPDATE printings p SET mtgjson_uuid = u.mtgjson_uuid \
+         FROM UNNEST($1::uuid[], $2::uuid[]) AS u(scryfall_id, mtgjson_uuid) \
+         WHERE p.scryfall_id = u.scryfall_id AND p.mtgjson_uuid IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM printings q WHERE q.mtgjson_uuid = u.mtgjson_uuid)",
+    )
+    .bind(rows.iter().map(|(r, _)| r.scryfall_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, u)| *u).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(inserted)
+}
+
+/// Upserts price points; returns how many were inserted or changed. Later duplicates in `rows` win.
+pub async fn upsert_prices(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[PriceRow],
+) -> Result<u64, TaskError> {
+    type Key<'a> = (Uuid, &'a str, &'a str, &'a str, &'a str, NaiveDate);
+    let mut by_key: HashMap<Key, &PriceRow> = HashMap::with_capacity(rows.len());
+    for r in rows {
+        by_key.insert(
+            (
+                r.scryfall_id,
+                r.source,
+                r.price_type,
+                r.finish,
+                r.currency,
+                r.day,
+            ),
+            r,
+        );
+    }
+    if by_key.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<&PriceRow> = by_key.into_values().collect();
+    let done = sqlx::query(
+        "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::date[], $7::numeric[]) \
+         ON CONFLICT (scryfall_id, source, price_type, finish, currency, day) \
+         DO UPDATE SET price = EXCLUDED.price WHERE price_points.price IS DISTINCT FROM EXCLUDED.price",
+    )
+    .bind(rows.iter().map(|r| r.scryfall_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.source).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.price_type).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.finish).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.currency).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.day).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.price).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Where an ingestion of one upstream file version stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunStart {
+    /// This version was already ingested successfully.
+    Unchanged { finished_at: Option<DateTime<Utc>> },
+    /// Start (cursor 0) or resume after `cursor` items.
+    Proceed { cursor: u64, resumed: bool },
+}
+
+/// The bookkeeping row of one ingestion (`ingestion_runs`).
+#[derive(Debug, Clone)]
+pub struct IngestionRun {
+    pub source: String,
+    pub file_version: DateTime<Utc>,
+}
+
+/// Counts applied together with a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub items: u64,
+    pub printings: u64,
+    pub prices: u64,
+    pub malformed: u64,
+}
+
+impl IngestionRun {
+    /// Registers the run. A succeeded version is `Unchanged` unless `force`; a version left running or failed
+    /// resumes from its cursor (single-instance leases make sure no one else is at it); older versions still
+    /// marked running are superseded.
+    pub async fn begin(
+        pool: &PgPool,
+        source: &str,
+        file_version: DateTime<Utc>,
+        file_uri: &str,
+        force: bool,
+    ) -> Result<(IngestionRun, RunStart), TaskError> {
+        let run = IngestionRun {
+            source: source.to_owned(),
+            file_version,
+        };
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "UPDATE ingestion_runs SET status = 'failed', error = 'superseded by a newer file', updated_at = now() \
+             WHERE source = $1 AND file_version < $2 AND status = 'running'",
+        )
+        .bind(source)
+        .bind(file_version)
+        .execute(&mut *tx)
+        .await?;
+        let existing: Option<(String, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT status, cursor, finished_at FROM ingestion_runs WHERE source = $1 AND file_version = $2 FOR UPDATE",
+        )
+        .bind(source)
+        .bind(file_version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let start = match existing {
+            Some((status, _, finished_at)) if status == "succeeded" && !force => {
+                RunStart::Unchanged { finished_at }
+            }
+            Some((status, cursor, _)) if status != "succeeded" => {
+                sqlx::query(
+                    "UPDATE ingestion_runs SET status = 'running', error = NULL, updated_at = now() \
+                     WHERE source = $1 AND file_version = $2",
+                )
+                .bind(source)
+                .bind(file_version)
+                .execute(&mut *tx)
+                .await?;
+                RunStart::Proceed {
+                    cursor: cursor as u64,
+                    resumed: cursor > 0,
+                }
+            }
+            _ => {
+                sqlx::query(
+                    "INSERT INTO ingestion_runs (source, file_version, file_uri, status) VALUES ($1, $2, $3, 'running') \
+                     ON CONFLICT (source, file_version) DO UPDATE SET status = 'running', cursor = 0, items_seen = 0, \
+                         printings_upserted = 0, prices_written = 0, malformed = 0, error = NULL, started_at = now(), \
+                         updated_at = now(), finished_at = NULL, file_uri = EXCLUDED.file_uri",
+                )
+                .bind(source)
+                .bind(file_version)
+                .bind(file_uri)
+                .execute(&mut *tx)
+                .await?;
+                RunStart::Proceed {
+                    cursor: 0,
+                    resumed: false,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok((run, start))
+    }
+
+    /// Moves the cursor past a batch, in the batch's own transaction: a batch is applied exactly when the
+    /// cursor says so, which is what makes a resumed run free of gaps and duplicates.
+    pub async fn advance(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        counts: BatchCounts,
+    ) -> Result<u64, TaskError> {
+        let cursor: i64 = sqlx::query_scalar(
+            "UPDATE ingestion_runs SET cursor = cursor + $3, items_seen = items_seen + $3, \
+                 printings_upserted = printings_upserted + $4, prices_written = prices_written + $5, \
+                 malformed = malformed + $6, updated_at = now() \
+             WHERE source = $1 AND file_version = $2 RETURNING cursor",
+        )
+        .bind(&self.source)
+        .bind(self.file_version)
+        .bind(counts.items as i64)
+        .bind(counts.printings as i64)
+        .bind(counts.prices as i64)
+        .bind(counts.malformed as i64)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(cursor as u64)
+    }
+
+    pub async fn succeed(&self, pool: &PgPool) -> Result<(), TaskError> {
+        sqlx::query(
+            "UPDATE ingestion_runs SET status = 'succeeded', finished_at = now(), updated_at = now() \
+             WHERE source = $1 AND file_version = $2",
+        )
+        .bind(&self.source)
+        .bind(self.file_version)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records why the run stopped; its cursor stays, so the next run resumes after the applied batches.
+    pub async fn fail(&self, pool: &PgPool, error: &str) -> Result<(), TaskError> {
+        sqlx::query(
+            "UPDATE ingestion_runs SET status = 'failed', error = $3, updated_at = now() \
+             WHERE source = $1 AND file_version = $2",
+        )
+        .bind(&self.source)
+        .bind(self.file_version)
+        .bind(error)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+}

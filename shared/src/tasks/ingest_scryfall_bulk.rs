@@ -1,0 +1,274 @@
+//! `ingest_scryfall_bulk`: Scryfall's bulk card file (printings and today's prices) into the catalog.
+//!
+//! Reads the bulk-data index, picks the requested file, and streams it (hundreds of MB in production) from
+//! the download through a streaming JSON parser into Postgres in batches: the file and the cards are never
+//! held whole. Each batch (printings, prices, and the run's cursor) is one transaction, so a run stopped by a
+//! deadline or a broken download resumes exactly after the last applied batch. A version already ingested
+//! is skipped; malformed card objects are counted, logged with their id and skipped.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::catalog::{upsert_prices, upsert_printings, BatchCounts, IngestionRun, RunStart};
+use crate::context::TaskContext;
+use crate::envelope::Envelope;
+use crate::error::{class, from_sdk_error, TaskError};
+use crate::json_stream::{self, CountingReader, Shape, StreamEnd};
+use crate::queue::Queue;
+use crate::registry::{OnDuplicate, Schedule, SingleInstance, Task};
+use crate::report::{Counts, TaskReport};
+use crate::retry::RetryPolicy;
+use crate::scryfall::{BulkIndex, Card, CardId};
+
+pub struct IngestScryfallBulk;
+
+const BULK_TYPES: [&str; 4] = ["default_cards", "all_cards", "oracle_cards", "unique_artwork"];
+
+fn default_bulk_type() -> String {
+    "default_cards".to_owned()
+}
+
+fn default_batch_size() -> u32 {
+    1000
+}
+
+fn known_bulk_type(value: &str, _: &()) -> garde::Result {
+    if BULK_TYPES.contains(&value) {
+        Ok(())
+    } else {
+        Err(garde::Error::new(format!("must be one of {}", BULK_TYPES.join(", "))))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, garde::Validate)]
+#[serde(deny_unknown_fields)]
+pub struct IngestScryfallArgs {
+    /// Which bulk file (`type` in the index).
+    #[serde(default = "default_bulk_type")]
+    #[garde(custom(known_bulk_type))]
+    pub bulk_type: String,
+    /// Ingest even if this version was already ingested.
+    #[serde(default)]
+    #[garde(skip)]
+    pub force: bool,
+    /// Cards per transaction.
+    #[serde(default = "default_batch_size")]
+    #[garde(range(min = 10, max = 5000))]
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestOutcome {
+    /// The whole file is in.
+    Completed,
+    /// Stopped before the deadline; a follow-up message continues from the cursor.
+    Continued,
+    /// The index shows the version already ingested.
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestReport {
+    pub source: String,
+    pub file_version: DateTime<Utc>,
+    pub file_uri: String,
+    pub outcome: IngestOutcome,
+    /// Items of the file this run started after (non-zero when resuming).
+    pub resumed_from: u64,
+    /// Items of the file applied so far, this run and earlier ones.
+    pub cursor: u64,
+    /// Card objects read by this run.
+    pub cards: u64,
+    pub printings_changed: u64,
+    pub prices_changed: u64,
+    pub malformed: u64,
+    /// The follow-up message's envelope id, when the run continues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<String>,
+}
+
+impl TaskReport for IngestReport {
+    fn counts(&self) -> Counts {
+        Counts::new(self.cards, self.malformed)
+    }
+
+    fn skipped(&self) -> Option<String> {
+        (self.outcome == IngestOutcome::Unchanged).then(|| {
+            format!("{} version {} was already ingested", self.source, self.file_version.to_rfc3339())
+        })
+    }
+}
+
+impl Task for IngestScryfallBulk {
+    const NAME: &'static str = "ingest_scryfall_bulk";
+    const QUEUE: Queue = Queue::Ingestion;
+    const RETRY: RetryPolicy = RetryPolicy::new(4, Duration::from_secs(30), Duration::from_secs(900));
+    /// One ingestion per bulk type at a time; a second one waits (a continuation must never be dropped).
+    const SINGLE_INSTANCE: Option<SingleInstance> = Some(SingleInstance {
+        keys: &["bulk_type"],
+        on_duplicate: OnDuplicate::Defer(Duration::from_secs(60)),
+    });
+    const SCHEDULES: &'static [Schedule] = &[Schedule {
+        name: "default-cards",
+        expression: "cron(20 0/6 * * ? *)",
+        kwargs: r#"{"bulk_type": "default_cards"}"#,
+        enabled: true,
+        why: "Scryfall refreshes its bulk files once a day at a time that drifts; four checks a day pick a new file \
+              up within six hours, and a check that finds the same version costs one small index request.",
+    }];
+    type Args = IngestScryfallArgs;
+    type Report = IngestReport;
+
+    async fn run(args: IngestScryfallArgs, ctx: TaskContext) -> Result<IngestReport, TaskError> {
+        let upstream = &ctx.upstreams().scryfall;
+        let index: BulkIndex = upstream.get_json("bulk-data").await?;
+        let item = index.data.into_iter().find(|i| i.kind == args.bulk_type).ok_or_else(|| {
+            TaskError::permanent(class::UPSTREAM, format!("the bulk-data index lists no `{}` file", args.bulk_type))
+        })?;
+        let source = format!("scryfall:{}", args.bulk_type);
+        let (run, start) =
+            IngestionRun::begin(ctx.db(), &source, item.updated_at, &item.download_uri, args.force).await?;
+        let mut report = IngestReport {
+            source: source.clone(),
+            file_version: item.updated_at,
+            file_uri: item.download_uri.clone(),
+            outcome: IngestOutcome::Completed,
+            resumed_from: 0,
+            cursor: 0,
+            cards: 0,
+            printings_changed: 0,
+            prices_changed: 0,
+            malformed: 0,
+            continuation: None,
+        };
+        let cursor = match start {
+            RunStart::Unchanged { .. } => {
+                report.outcome = IngestOutcome::Unchanged;
+                return Ok(report);
+            }
+            RunStart::Proceed { cursor, resumed } => {
+                if resumed {
+                    tracing::info!(source = %source, cursor, "resuming an unfinished ingestion");
+                }
+                cursor
+            }
+        };
+        report.resumed_from = cursor;
+        report.cursor = cursor;
+        // Prices are as of the file's date.
+        let day = item.updated_at.date_naive();
+
+        let response = upstream.get(&item.download_uri).await?;
+        let total_bytes = response.content_length().or(item.size_hint()).unwrap_or(0);
+        let body = StreamReader::new(response.bytes_stream().map_err(std::io::Error::other));
+        let (reader, bytes_read) = CountingReader::new(SyncIoBridge::new(body));
+        let (mut batches, reader_done) = json_stream::spawn(reader, Shape::Array, cursor, args.batch_size as usize);
+        let mut progress = ctx.progress("bytes", total_bytes);
+        let reserve = ctx.settings().ingest_reserve;
+        let mut stopped = false;
+
+        while let Some(batch) = batches.recv().await {
+            let mut printings = Vec::with_capacity(batch.len());
+            let mut prices = Vec::with_capacity(batch.len() * 4);
+            let mut malformed = 0;
+            for item in &batch {
+                match serde_json::from_str::<Card>(item.raw.get()) {
+                    Ok(card) => {
+                        printings.push(card.printing());
+                        card.price_rows(day, &mut prices);
+                    }
+                    Err(e) => {
+                        malformed += 1;
+                        let id = serde_json::from_str::<CardId>(item.raw.get()).ok().and_then(|c| c.id);
+                        tracing::warn!(card_id = id.as_deref().unwrap_or("(none)"), error = %e, "skipping a malformed card object");
+                    }
+                }
+            }
+            let mut tx = ctx.db().begin().await?;
+            let printings_changed = upsert_printings(&mut tx, &printings).await?;
+            let prices_changed = upsert_prices(&mut tx, &prices).await?;
+            let counts = BatchCounts {
+                items: batch.len() as u64,
+                printings: printings_changed,
+                prices: prices_changed,
+                malformed,
+            };
+            report.cursor = run.advance(&mut tx, counts).await?;
+            tx.commit().await?;
+            report.cards += counts.items;
+            report.printings_changed += printings_changed;
+            report.prices_changed += prices_changed;
+            report.malformed += malformed;
+            progress.update(bytes_read.load(Ordering::Relaxed));
+            if ctx.remaining() < reserve {
+                stopped = true;
+                break;
+            }
+        }
+        drop(batches);
+        let end = reader_done.await.unwrap_or_else(|e| StreamEnd::Corrupt(format!("reader thread failed: {e}")));
+        match end {
+            StreamEnd::Complete(total) if report.cursor >= total => {
+                run.succeed(ctx.db()).await?;
+                tracing::info!(source = %source, items = total, malformed = report.malformed, "ingestion complete");
+                Ok(report)
+            }
+            StreamEnd::Complete(_) | StreamEnd::Stopped if stopped => {
+                let id = format!("continue:{source}:{}:{}", item.updated_at.timestamp(), report.cursor);
+                let kwargs = json!({"bulk_type": args.bulk_type, "batch_size": args.batch_size});
+                let envelope = Envelope::new(Self::NAME, kwargs.as_object().cloned().unwrap_or_default()).with_id(&id);
+                ctx.sqs()
+                    .send_message()
+                    .queue_url(&ctx.settings().urls(Self::QUEUE).queue)
+                    .message_body(envelope.to_json())
+                    // Lets this run release its lease before the follow-up arrives.
+                    .delay_seconds(2)
+                    .send()
+                    .await
+                    .map_err(|e| from_sdk_error("SendMessage (continuation)", e))?;
+                tracing::info!(source = %source, cursor = report.cursor, continuation = %id, "deadline near: continuing in a follow-up message");
+                report.outcome = IngestOutcome::Continued;
+                report.continuation = Some(id);
+                Ok(report)
+            }
+            StreamEnd::Complete(total) => Err(TaskError::retryable(
+                class::CORRUPT_DOWNLOAD,
+                format!("{source}: the reader finished {total} items but only {} were applied", report.cursor),
+            )),
+            StreamEnd::Stopped => Err(TaskError::retryable(class::CORRUPT_DOWNLOAD, format!("{source}: reading stopped early"))),
+            StreamEnd::Corrupt(detail) => {
+                let message = format!(
+                    "{source} version {}: the download is truncated or corrupt after item {}: {detail}",
+                    item.updated_at.to_rfc3339(),
+                    report.cursor
+                );
+                run.fail(ctx.db(), &message).await?;
+                Err(TaskError::retryable(class::CORRUPT_DOWNLOAD, message))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::TaskSpec;
+
+    #[test]
+    fn arguments() {
+        let spec = TaskSpec::of::<IngestScryfallBulk>();
+        let check = |v: serde_json::Value| spec.check_kwargs(v.as_object().unwrap());
+        assert!(check(json!({})).is_ok());
+        assert!(check(json!({"bulk_type": "all_cards", "force": true, "batch_size": 100})).is_ok());
+        assert!(check(json!({"bulk_type": "rulings"})).is_err());
+        assert!(check(json!({"batch_size": 5})).is_err());
+        assert!(check(json!({"url": "http://elsewhere"})).is_err());
+    }
+}
