@@ -371,7 +371,10 @@ mod tests {
         assert_eq!(r.route("ping").unwrap(), Queue::Default);
         assert_eq!(r.route("dlq_report").unwrap(), Queue::Default);
         let names: Vec<_> = r.iter().map(|s| s.name).collect();
-        assert_eq!(names, vec!["dlq_report", "ingest_scryfall_bulk", "leases", "ping"]);
+        assert_eq!(
+            names,
+            vec!["dlq_report", "ingest_scryfall_bulk", "leases", "ping"]
+        );
     }
 
     #[test]

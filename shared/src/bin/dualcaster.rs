@@ -30,6 +30,7 @@ use dualcaster::lease::dynamo::DynamoLeaseStore;
 use dualcaster::local::event_source::{invoke_function, EventSource};
 use dualcaster::local::function::{Invoked, LocalFunction};
 use dualcaster::local::runtime_api::InvokeOutcome;
+use dualcaster::local::stub::{Content, StubUpstream};
 use dualcaster::local::template::{provision, provision_rules, Template};
 use dualcaster::local::{
     function_binary, load_env_file, local_aws_defaults, local_dynamodb, local_events, local_sqs,
@@ -314,6 +315,9 @@ async fn local_runtime(queue: Queue) -> Result<Runtime> {
     ))
 }
 
+/// The date the bundled sample's prices were recorded, used as its bulk file version.
+const SAMPLE_VERSION: &str = "2025-11-01T09:05:00Z";
+
 /// task, status, disposition, runs, error classes
 type RunSummaryRow = (Option<String>, String, String, i64, Option<String>);
 
@@ -342,6 +346,27 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
     std::fs::create_dir_all(".local/logs")?;
     let mut function_env = env.clone();
     function_env.insert("DD_DEADLINE_MARGIN_MS".into(), "2000".into());
+    // Scryfall, played locally by a stub serving the bundled real bulk file (Innistrad: Midnight Hunt).
+    let scryfall = StubUpstream::start().await?;
+    let cards = PathBuf::from("tests/fixtures/scryfall/mid_all_prints.json");
+    if !cards.is_file() {
+        bail!(
+            "{} not found: run the demo from the repository root",
+            cards.display()
+        );
+    }
+    scryfall.publish_bulk(
+        "default_cards",
+        SAMPLE_VERSION,
+        Content::File(cards.clone()),
+    );
+    function_env.insert("DD_SCRYFALL_BASE_URL".into(), scryfall.base_url.clone());
+    println!(
+        "== serving {} as Scryfall's default_cards bulk file at {}",
+        cards.display(),
+        scryfall.base_url
+    );
+    let timeouts = Template::load(template)?.function_timeouts;
     let mut sources = Vec::new();
     for queue in Queue::ALL {
         let log = PathBuf::from(format!(".local/logs/function-{queue}.log"));
@@ -349,7 +374,8 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
             &format!("{stack}-{queue}"),
             &function_binary(queue)?,
             function_env.clone(),
-            Duration::from_secs(60),
+            // The function's timeout as the template deploys it.
+            Duration::from_secs(timeouts.get(queue.as_str()).copied().unwrap_or(60)),
             Some(log.clone()),
         )
         .await?;
@@ -392,6 +418,28 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
             }
         }));
     }
+
+    println!("== enqueueing ingest_scryfall_bulk on the ingestion queue");
+    let (_, ingest) = Registry::builtin()
+        .envelope(
+            "ingest_scryfall_bulk",
+            json!({"force": true, "batch_size": 100})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+    sqs.send_message()
+        .queue_url(&settings.urls(Queue::Ingestion).queue)
+        .message_body(ingest.to_json())
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "SendMessage: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        })?;
 
     println!("== sending a mix of messages to the default queue");
     let registry = Registry::builtin();
@@ -483,12 +531,12 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
     .fetch_all(&pool)
     .await?;
     println!(
-        "   {:<12} {:<10} {:<25} {:>5}  error classes",
+        "   {:<22} {:<10} {:<25} {:>5}  error classes",
         "task", "status", "disposition", "runs"
     );
     for (task, status, disposition, n, classes) in rows {
         println!(
-            "   {:<12} {:<10} {:<25} {:>5}  {}",
+            "   {:<22} {:<10} {:<25} {:>5}  {}",
             task.unwrap_or_else(|| "(none)".into()),
             status,
             disposition,
@@ -502,6 +550,31 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
             .fetch_one(&pool)
             .await?;
     println!("   heartbeats written by this demo: {heartbeats}");
+
+    println!("== the catalog after ingestion (Postgres)");
+    let (printings, points, days): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM printings), (SELECT count(*) FROM price_points), \
+                (SELECT count(DISTINCT day) FROM price_points)",
+    )
+    .fetch_one(&pool)
+    .await?;
+    println!("   printings: {printings}, price points: {points} over {days} day(s)");
+    let top: Vec<(String, String, String, rust_decimal::Decimal)> = sqlx::query_as(
+        "SELECT p.name, p.set_code, p.collector_number, pp.price FROM price_points pp \
+         JOIN printings p USING (scryfall_id) \
+         WHERE pp.source = 'scryfall' AND pp.currency = 'USD' AND pp.finish = 'nonfoil' AND pp.day = $1 \
+         ORDER BY pp.price DESC, p.name LIMIT 5",
+    )
+    .bind(chrono::DateTime::parse_from_rfc3339(SAMPLE_VERSION)?.date_naive())
+    .fetch_all(&pool)
+    .await?;
+    println!(
+        "   most expensive non-foil printings (USD, Scryfall, {}):",
+        &SAMPLE_VERSION[..10]
+    );
+    for (name, set, number, price) in top {
+        println!("     {price:>8}  {name} ({} #{number})", set.to_uppercase());
+    }
 
     println!(
         "== dlq_report, invoked directly on the default function (as `aws lambda invoke` would)"

@@ -5,6 +5,7 @@
 pub mod event_source;
 pub mod function;
 pub mod runtime_api;
+pub mod stub;
 pub mod template;
 
 use std::collections::BTreeMap;

@@ -79,6 +79,8 @@ pub struct Template {
     pub queue_env: BTreeMap<String, String>,
     /// Function environment variables that name a table (`DD_LEASE_TABLE: !Ref LeaseTable`).
     pub table_env: BTreeMap<String, String>,
+    /// Each function's timeout in seconds, by binary name (`Metadata.BuildProperties.Binary`).
+    pub function_timeouts: BTreeMap<String, u64>,
 }
 
 /// SQS attributes copied from a queue's properties. Encryption settings are accepted by the emulator too.
@@ -107,6 +109,13 @@ impl Template {
         let mut queues = Vec::new();
         let mut tables = Vec::new();
         let mut rules = Vec::new();
+        let mut function_timeouts = BTreeMap::new();
+        let global_timeout = doc
+            .get("Globals")
+            .and_then(|g| g.get("Function"))
+            .and_then(|f| f.get("Timeout"))
+            .and_then(Value::as_u64)
+            .unwrap_or(3);
         for (id, resource) in resources {
             let id = id
                 .as_str()
@@ -120,6 +129,21 @@ impl Template {
                 }
                 Some("AWS::Events::Rule") => {
                     rules.push(parse_rule(id, resource).with_context(|| format!("rule {id}"))?)
+                }
+                Some("AWS::Serverless::Function") => {
+                    let binary = resource
+                        .get("Metadata")
+                        .and_then(|m| m.get("BuildProperties"))
+                        .and_then(|b| b.get("Binary"))
+                        .and_then(Value::as_str);
+                    if let Some(binary) = binary {
+                        let timeout = resource
+                            .get("Properties")
+                            .and_then(|p| p.get("Timeout"))
+                            .and_then(Value::as_u64)
+                            .unwrap_or(global_timeout);
+                        function_timeouts.insert(binary.to_owned(), timeout);
+                    }
                 }
                 _ => {}
             }
@@ -165,6 +189,7 @@ impl Template {
             rules,
             queue_env,
             table_env,
+            function_timeouts,
         })
     }
 
@@ -681,6 +706,8 @@ mod tests {
         assert_eq!(table.hash_key, "pk");
         assert_eq!(table.ttl_attribute.as_deref(), Some("ttl"));
         assert_eq!(table.name("s"), "s-leases");
+        assert_eq!(t.function_timeouts.get("ingestion"), Some(&900));
+        assert_eq!(t.function_timeouts.get("default"), Some(&120));
     }
 
     #[test]
