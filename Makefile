@@ -4,7 +4,7 @@ CARGO ?= cargo
 CLI := ./target/debug/dualcaster
 KWARGS ?= {}
 
-.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules
+.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -81,3 +81,8 @@ template-check: build ## Fail if the template drifted from the registry or break
 
 schedules: build ## List every schedule with its next fire times: make schedules NEXT=5
 	$(CLI) schedules --next $(or $(NEXT),3)
+
+bench-ingest: stack-up ## Ingestion rate vs raw COPY and peak RSS at two file sizes (optimised build): CARDS=20000,100000
+	$(CARGO) build --profile profiling --workspace --bins
+	./target/profiling/dualcaster provision >/dev/null
+	./target/profiling/dualcaster bench-ingest --cards $(or $(CARDS),20000,100000)

@@ -71,6 +71,69 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
+/// The `meta` member of a data-object document, handed over before any item so the consumer can decide how
+/// many items to skip (a resumed run) or to stop (a version already ingested).
+pub struct MetaHandshake {
+    /// The raw `meta` value, or `None` if `data` came first.
+    pub meta: tokio::sync::oneshot::Receiver<Option<Box<RawValue>>>,
+    /// Send the number of items to skip; drop it to stop reading.
+    pub skip: std::sync::mpsc::SyncSender<u64>,
+}
+
+struct MetaSide {
+    meta: tokio::sync::oneshot::Sender<Option<Box<RawValue>>>,
+    skip: std::sync::mpsc::Receiver<u64>,
+}
+
+/// Like [`spawn`] for a `{"meta": ..., "data": {...}}` document, with the skip count decided after `meta`.
+pub fn spawn_with_meta<R: Read + Send + 'static>(
+    reader: R,
+    batch: usize,
+) -> (
+    MetaHandshake,
+    mpsc::Receiver<Vec<Item>>,
+    tokio::task::JoinHandle<StreamEnd>,
+) {
+    let (tx, rx) = mpsc::channel(2);
+    let (meta_tx, meta_rx) = tokio::sync::oneshot::channel();
+    let (skip_tx, skip_rx) = std::sync::mpsc::sync_channel(1);
+    let side = MetaSide {
+        meta: meta_tx,
+        skip: skip_rx,
+    };
+    let handle = tokio::task::spawn_blocking(move || {
+        let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(
+            256 * 1024,
+            reader,
+        ));
+        let sink = Sink {
+            tx: &tx,
+            skip: 0,
+            batch: batch.max(1),
+            buffer: Vec::with_capacity(batch),
+            seen: 0,
+        };
+        let result = de.deserialize_map(TopVisitor(sink, Some(side)));
+        finish(result.and_then(|n| de.end().map(|()| n)))
+    });
+    (
+        MetaHandshake {
+            meta: meta_rx,
+            skip: skip_tx,
+        },
+        rx,
+        handle,
+    )
+}
+
+fn finish(result: Result<u64, serde_json::Error>) -> StreamEnd {
+    match result {
+        Ok(n) => StreamEnd::Complete(n),
+        Err(e) if e.to_string().starts_with(STOPPED) => StreamEnd::Stopped,
+        Err(e) => StreamEnd::Corrupt(e.to_string()),
+    }
+}
+
 /// Reads `reader` on a blocking thread and sends batches of up to `batch` items, after skipping the first
 /// `skip` items. Drop the receiver to stop early.
 pub fn spawn<R: Read + Send + 'static>(
@@ -109,13 +172,9 @@ pub fn read_all<R: Read>(
     };
     let result = match shape {
         Shape::Array => de.deserialize_seq(ArrayVisitor(sink)),
-        Shape::DataObject => de.deserialize_map(TopVisitor(sink)),
+        Shape::DataObject => de.deserialize_map(TopVisitor(sink, None)),
     };
-    match result.and_then(|n| de.end().map(|()| n)) {
-        Ok(n) => StreamEnd::Complete(n),
-        Err(e) if e.to_string().starts_with(STOPPED) => StreamEnd::Stopped,
-        Err(e) => StreamEnd::Corrupt(e.to_string()),
-    }
+    finish(result.and_then(|n| de.end().map(|()| n)))
 }
 
 struct Sink<'a> {
@@ -170,7 +229,18 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_> {
     }
 }
 
-struct TopVisitor<'a>(Sink<'a>);
+struct TopVisitor<'a>(Sink<'a>, Option<MetaSide>);
+
+impl TopVisitor<'_> {
+    /// Hands `meta` over and waits for the skip count.
+    fn handshake<E: de::Error>(&mut self, meta: Option<Box<RawValue>>) -> Result<(), E> {
+        if let Some(side) = self.1.take() {
+            let _ = side.meta.send(meta);
+            self.0.skip = side.skip.recv().map_err(|_| E::custom(STOPPED))?;
+        }
+        Ok(())
+    }
+}
 
 impl<'de> Visitor<'de> for TopVisitor<'_> {
     type Value = u64;
@@ -183,7 +253,11 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
         let mut found = None;
         while let Some(key) = map.next_key::<String>()? {
             if key == "data" {
+                self.handshake::<A::Error>(None)?;
                 found = Some(map.next_value_seed(DataSeed(&mut self.0))?);
+            } else if key == "meta" && self.1.is_some() {
+                let meta = map.next_value::<Box<RawValue>>()?;
+                self.handshake::<A::Error>(Some(meta))?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -294,6 +368,31 @@ mod tests {
         assert!(matches!(end, StreamEnd::Corrupt(_)));
         let (_, end) = collect(r#"{"meta":{}}"#, Shape::DataObject, 0, 1);
         assert!(matches!(end, StreamEnd::Corrupt(m) if m.contains("data")));
+    }
+
+    #[tokio::test]
+    async fn meta_is_handed_over_before_the_items_and_decides_the_skip() {
+        let doc = r#"{"meta": {"date": "2026-11-26"}, "data": {"a": 1, "b": 2, "c": 3}}"#;
+        let (hs, mut rx, handle) =
+            spawn_with_meta(std::io::Cursor::new(doc.as_bytes().to_vec()), 10);
+        let meta = hs.meta.await.unwrap().unwrap();
+        assert_eq!(meta.get(), r#"{"date": "2026-11-26"}"#);
+        hs.skip.send(2).unwrap();
+        let batch = rx.recv().await.unwrap();
+        assert_eq!(
+            batch
+                .iter()
+                .map(|i| i.key.clone().unwrap())
+                .collect::<Vec<_>>(),
+            vec!["c"]
+        );
+        assert!(matches!(handle.await.unwrap(), StreamEnd::Complete(3)));
+
+        // Dropping the skip sender stops the reader before any item.
+        let (hs, _rx, handle) = spawn_with_meta(std::io::Cursor::new(doc.as_bytes().to_vec()), 10);
+        let _ = hs.meta.await;
+        drop(hs.skip);
+        assert!(matches!(handle.await.unwrap(), StreamEnd::Stopped));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod function;
 pub mod json_stream;
 pub mod lease;
 pub mod metrics;
+pub mod mtgjson;
 pub mod queue;
 pub mod registry;
 pub mod report;

@@ -373,7 +373,13 @@ mod tests {
         let names: Vec<_> = r.iter().map(|s| s.name).collect();
         assert_eq!(
             names,
-            vec!["dlq_report", "ingest_scryfall_bulk", "leases", "ping"]
+            vec![
+                "dlq_report",
+                "ingest_mtgjson_prices",
+                "ingest_scryfall_bulk",
+                "leases",
+                "ping"
+            ]
         );
     }
 
@@ -456,8 +462,9 @@ mod tests {
         assert_eq!(err.class(), "unknown_task");
         assert_eq!(err.kind(), ErrorKind::Permanent);
         assert!(
-            err.message()
-                .contains("registered: dlq_report, ingest_scryfall_bulk, leases, ping"),
+            err.message().contains(
+                "registered: dlq_report, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, ping"
+            ),
             "{}",
             err.message()
         );

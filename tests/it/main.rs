@@ -7,3 +7,4 @@ mod faults;
 mod infra;
 mod ingestion;
 mod leases;
+mod mtgjson;

@@ -19,4 +19,5 @@ tasks! {
     dlq_report::DlqReport,
     leases::Leases,
     ingest_scryfall_bulk::IngestScryfallBulk,
+    ingest_mtgjson_prices::IngestMtgjsonPrices,
 }

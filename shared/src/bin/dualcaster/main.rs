@@ -11,6 +11,8 @@
 //!
 //! Settings come from the environment; `.local/stack.env` (written by `provision`) fills in what is unset.
 
+mod bench;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,6 +100,15 @@ enum Command {
     Schedules {
         #[arg(long, default_value_t = 3)]
         next: usize,
+    },
+    /// Ingestion rate and peak RSS of the real ingestion function vs raw COPY, on generated bulk files.
+    BenchIngest {
+        /// File sizes, in cards.
+        #[arg(long, value_delimiter = ',', default_value = "20000,100000")]
+        cards: Vec<usize>,
+        /// The real cards the files are built from.
+        #[arg(long, default_value = "tests/fixtures/scryfall/mid_all_prints.json")]
+        sample: PathBuf,
     },
     /// Measure lease operations against the lease table (DD_LEASE_TABLE) and the in-memory store.
     BenchLeases {
@@ -217,6 +228,7 @@ async fn main() -> Result<()> {
             }
         }
         Command::BenchLeases { rounds } => bench_leases(rounds).await,
+        Command::BenchIngest { cards, sample } => bench::bench_ingest(&cards, &sample).await,
         Command::Template { action, path } => template_command(action, &path),
         Command::Schedules { next } => list_schedules(next),
         Command::Demo {
