@@ -69,6 +69,63 @@ impl RuleDefinition {
     }
 }
 
+/// A queue's function as deployed: what the local stand-ins need to run it the same way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionDefinition {
+    pub binary: String,
+    pub timeout_secs: u64,
+    /// Literal environment values of the function itself (not the `!Ref`s of the globals).
+    pub environment: BTreeMap<String, String>,
+    /// Its SQS event source: records per invocation and batching window.
+    pub batch_size: usize,
+    pub batching_window_secs: u64,
+}
+
+fn parse_function(resource: &Value, global_timeout: u64) -> Option<FunctionDefinition> {
+    let binary = resource
+        .get("Metadata")?
+        .get("BuildProperties")?
+        .get("Binary")?
+        .as_str()?;
+    let props = resource.get("Properties");
+    let timeout_secs = props
+        .and_then(|p| p.get("Timeout"))
+        .and_then(Value::as_u64)
+        .unwrap_or(global_timeout);
+    let environment = props
+        .and_then(|p| p.get("Environment"))
+        .and_then(|e| e.get("Variables"))
+        .and_then(Value::as_mapping)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), scalar(v)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let sqs = props
+        .and_then(|p| p.get("Events"))
+        .and_then(Value::as_mapping)
+        .and_then(|events| {
+            events
+                .values()
+                .find(|e| e.get("Type").and_then(Value::as_str) == Some("SQS"))
+        })
+        .and_then(|e| e.get("Properties"));
+    Some(FunctionDefinition {
+        binary: binary.to_owned(),
+        timeout_secs,
+        environment,
+        batch_size: sqs
+            .and_then(|p| p.get("BatchSize"))
+            .and_then(Value::as_u64)
+            .unwrap_or(10) as usize,
+        batching_window_secs: sqs
+            .and_then(|p| p.get("MaximumBatchingWindowInSeconds"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}
+
 /// The parts of the template that local runs need.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -79,8 +136,8 @@ pub struct Template {
     pub queue_env: BTreeMap<String, String>,
     /// Function environment variables that name a table (`DD_LEASE_TABLE: !Ref LeaseTable`).
     pub table_env: BTreeMap<String, String>,
-    /// Each function's timeout in seconds, by binary name (`Metadata.BuildProperties.Binary`).
-    pub function_timeouts: BTreeMap<String, u64>,
+    /// The functions, by binary name (`Metadata.BuildProperties.Binary`).
+    pub functions: BTreeMap<String, FunctionDefinition>,
 }
 
 /// SQS attributes copied from a queue's properties. Encryption settings are accepted by the emulator too.
@@ -109,7 +166,7 @@ impl Template {
         let mut queues = Vec::new();
         let mut tables = Vec::new();
         let mut rules = Vec::new();
-        let mut function_timeouts = BTreeMap::new();
+        let mut functions = BTreeMap::new();
         let global_timeout = doc
             .get("Globals")
             .and_then(|g| g.get("Function"))
@@ -131,18 +188,8 @@ impl Template {
                     rules.push(parse_rule(id, resource).with_context(|| format!("rule {id}"))?)
                 }
                 Some("AWS::Serverless::Function") => {
-                    let binary = resource
-                        .get("Metadata")
-                        .and_then(|m| m.get("BuildProperties"))
-                        .and_then(|b| b.get("Binary"))
-                        .and_then(Value::as_str);
-                    if let Some(binary) = binary {
-                        let timeout = resource
-                            .get("Properties")
-                            .and_then(|p| p.get("Timeout"))
-                            .and_then(Value::as_u64)
-                            .unwrap_or(global_timeout);
-                        function_timeouts.insert(binary.to_owned(), timeout);
+                    if let Some(f) = parse_function(resource, global_timeout) {
+                        functions.insert(f.binary.clone(), f);
                     }
                 }
                 _ => {}
@@ -189,7 +236,7 @@ impl Template {
             rules,
             queue_env,
             table_env,
-            function_timeouts,
+            functions,
         })
     }
 
@@ -706,8 +753,24 @@ mod tests {
         assert_eq!(table.hash_key, "pk");
         assert_eq!(table.ttl_attribute.as_deref(), Some("ttl"));
         assert_eq!(table.name("s"), "s-leases");
-        assert_eq!(t.function_timeouts.get("ingestion"), Some(&900));
-        assert_eq!(t.function_timeouts.get("default"), Some(&120));
+        let ingestion = &t.functions["ingestion"];
+        assert_eq!((ingestion.timeout_secs, ingestion.batch_size), (900, 1));
+        assert_eq!(
+            ingestion
+                .environment
+                .get("DD_CONCURRENCY")
+                .map(String::as_str),
+            Some("1")
+        );
+        let default = &t.functions["default"];
+        assert_eq!(
+            (
+                default.timeout_secs,
+                default.batch_size,
+                default.batching_window_secs
+            ),
+            (120, 10, 5)
+        );
     }
 
     #[test]

@@ -373,29 +373,42 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
         Content::File(cards.clone()),
     );
     function_env.insert("DD_SCRYFALL_BASE_URL".into(), scryfall.base_url.clone());
+    // MTGJSON, played by the same stub: the bundled slice of its v4 weekly price history.
+    let history = PathBuf::from("tests/fixtures/mtgjson/v4_history_WAR.json");
+    scryfall.publish_file("v4_history_WAR.json", Content::File(history.clone()));
+    function_env.insert(
+        "DD_MTGJSON_BASE_URL".into(),
+        format!("{}/files", scryfall.base_url),
+    );
     println!(
         "== serving {} as Scryfall's default_cards bulk file at {}",
         cards.display(),
         scryfall.base_url
     );
-    let timeouts = Template::load(template)?.function_timeouts;
+    let functions = Template::load(template)?.functions;
     let mut sources = Vec::new();
     for queue in Queue::ALL {
         let log = PathBuf::from(format!(".local/logs/function-{queue}.log"));
+        // Run each function as the template deploys it: its timeout, its own environment, its event
+        // source's batch size and batching window.
+        let definition = functions
+            .get(queue.as_str())
+            .ok_or_else(|| anyhow!("{} defines no `{queue}` function", template.display()))?;
+        let mut env = function_env.clone();
+        env.extend(definition.environment.clone());
         let function = LocalFunction::start(
             &format!("{stack}-{queue}"),
             &function_binary(queue)?,
-            function_env.clone(),
-            // The function's timeout as the template deploys it.
-            Duration::from_secs(timeouts.get(queue.as_str()).copied().unwrap_or(60)),
+            env,
+            Duration::from_secs(definition.timeout_secs),
             Some(log.clone()),
         )
         .await?;
         let source = EventSource::new(
             sqs.clone(),
             &settings.urls(queue).queue,
-            10,
-            Duration::from_millis(200),
+            definition.batch_size,
+            Duration::from_secs(definition.batching_window_secs),
         )
         .await?;
         println!(
@@ -431,27 +444,32 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
         }));
     }
 
-    println!("== enqueueing ingest_scryfall_bulk on the ingestion queue");
-    let (_, ingest) = Registry::builtin()
-        .envelope(
+    println!("== enqueueing ingest_scryfall_bulk and ingest_mtgjson_prices (v4 history) on the ingestion queue");
+    for (task, kwargs) in [
+        (
             "ingest_scryfall_bulk",
-            json!({"force": true, "batch_size": 100})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        )
-        .map_err(|e| anyhow!("{e}"))?;
-    sqs.send_message()
-        .queue_url(&settings.urls(Queue::Ingestion).queue)
-        .message_body(ingest.to_json())
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "SendMessage: {}",
-                aws_sdk_sqs::error::DisplayErrorContext(&e)
-            )
-        })?;
+            json!({"force": true, "batch_size": 100}),
+        ),
+        (
+            "ingest_mtgjson_prices",
+            json!({"file": "v4_history", "path": "v4_history_WAR.json", "force": true}),
+        ),
+    ] {
+        let (_, envelope) = Registry::builtin()
+            .envelope(task, kwargs.as_object().cloned().unwrap_or_default())
+            .map_err(|e| anyhow!("{e}"))?;
+        sqs.send_message()
+            .queue_url(&settings.urls(Queue::Ingestion).queue)
+            .message_body(envelope.to_json())
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "SendMessage: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                )
+            })?;
+    }
 
     println!("== sending a mix of messages to the default queue");
     let registry = Registry::builtin();
@@ -571,6 +589,14 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
     .fetch_one(&pool)
     .await?;
     println!("   printings: {printings}, price points: {points} over {days} day(s)");
+    let by_source: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT source, price_type, count(DISTINCT scryfall_id), count(*) FROM price_points GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&pool)
+    .await?;
+    for (source, price_type, cards, n) in by_source {
+        println!("     {source:<12} {price_type:<8} {n:>6} points for {cards:>4} printings");
+    }
     let top: Vec<(String, String, String, rust_decimal::Decimal)> = sqlx::query_as(
         "SELECT p.name, p.set_code, p.collector_number, pp.price FROM price_points pp \
          JOIN printings p USING (scryfall_id) \
