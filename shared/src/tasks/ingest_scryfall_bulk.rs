@@ -89,6 +89,8 @@ pub struct IngestReport {
     pub printings_changed: u64,
     pub prices_changed: u64,
     pub malformed: u64,
+    /// Time spent writing to Postgres (the rest is download and parsing, which overlap with it).
+    pub db_ms: u64,
     /// The follow-up message's envelope id, when the run continues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continuation: Option<String>,
@@ -104,6 +106,37 @@ impl TaskReport for IngestReport {
             format!("{} version {} was already ingested", self.source, self.file_version.to_rfc3339())
         })
     }
+}
+
+/// One batch of card objects, parsed into catalog rows.
+struct ParsedBatch {
+    items: u64,
+    printings: Vec<crate::catalog::PrintingRow>,
+    prices: Vec<crate::catalog::PriceRow>,
+    malformed: u64,
+}
+
+fn parse_batch(batch: Vec<json_stream::Item>, day: chrono::NaiveDate) -> ParsedBatch {
+    let mut parsed = ParsedBatch {
+        items: batch.len() as u64,
+        printings: Vec::with_capacity(batch.len()),
+        prices: Vec::with_capacity(batch.len() * 5),
+        malformed: 0,
+    };
+    for item in &batch {
+        match serde_json::from_str::<Card>(item.raw.get()) {
+            Ok(card) => {
+                parsed.printings.push(card.printing());
+                card.price_rows(day, &mut parsed.prices);
+            }
+            Err(e) => {
+                parsed.malformed += 1;
+                let id = serde_json::from_str::<CardId>(item.raw.get()).ok().and_then(|c| c.id);
+                tracing::warn!(card_id = id.as_deref().unwrap_or("(none)"), error = %e, "skipping a malformed card object");
+            }
+        }
+    }
+    parsed
 }
 
 impl Task for IngestScryfallBulk {
@@ -146,6 +179,7 @@ impl Task for IngestScryfallBulk {
             printings_changed: 0,
             prices_changed: 0,
             malformed: 0,
+            db_ms: 0,
             continuation: None,
         };
         let cursor = match start {
@@ -174,40 +208,49 @@ impl Task for IngestScryfallBulk {
         let reserve = ctx.settings().ingest_reserve;
         let mut stopped = false;
 
-        while let Some(batch) = batches.recv().await {
-            let mut printings = Vec::with_capacity(batch.len());
-            let mut prices = Vec::with_capacity(batch.len() * 4);
-            let mut malformed = 0;
-            for item in &batch {
-                match serde_json::from_str::<Card>(item.raw.get()) {
-                    Ok(card) => {
-                        printings.push(card.printing());
-                        card.price_rows(day, &mut prices);
-                    }
-                    Err(e) => {
-                        malformed += 1;
-                        let id = serde_json::from_str::<CardId>(item.raw.get()).ok().and_then(|c| c.id);
-                        tracing::warn!(card_id = id.as_deref().unwrap_or("(none)"), error = %e, "skipping a malformed card object");
-                    }
-                }
+        // Two stages: the next batch's card objects are parsed on a blocking thread while the previous batch
+        // is written, so parsing and Postgres overlap.
+        let mut parsing: Option<tokio::task::JoinHandle<ParsedBatch>> = None;
+        loop {
+            let next = batches.recv().await;
+            let ready = match parsing.take() {
+                Some(handle) => Some(handle.await.map_err(|e| {
+                    TaskError::permanent(class::TASK_FAILED, format!("parsing a batch of card objects failed: {e}"))
+                })?),
+                None => None,
+            };
+            if let Some(batch) = next {
+                parsing = Some(tokio::task::spawn_blocking(move || parse_batch(batch, day)));
             }
+            let Some(parsed) = ready else {
+                if parsing.is_none() {
+                    break;
+                }
+                continue;
+            };
+            let db_started = std::time::Instant::now();
             let mut tx = ctx.db().begin().await?;
-            let printings_changed = upsert_printings(&mut tx, &printings).await?;
-            let prices_changed = upsert_prices(&mut tx, &prices).await?;
+            // The batch and the cursor commit together, so a commit lost in a crash loses both and the resumed
+            // run applies the batch again: safe to let Postgres acknowledge before the WAL flush.
+            sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+            let printings_changed = upsert_printings(&mut tx, &parsed.printings).await?;
+            let prices_changed = upsert_prices(&mut tx, &parsed.prices).await?;
             let counts = BatchCounts {
-                items: batch.len() as u64,
+                items: parsed.items,
                 printings: printings_changed,
                 prices: prices_changed,
-                malformed,
+                malformed: parsed.malformed,
             };
             report.cursor = run.advance(&mut tx, counts).await?;
             tx.commit().await?;
+            report.db_ms += db_started.elapsed().as_millis() as u64;
             report.cards += counts.items;
             report.printings_changed += printings_changed;
             report.prices_changed += prices_changed;
-            report.malformed += malformed;
+            report.malformed += parsed.malformed;
             progress.update(bytes_read.load(Ordering::Relaxed));
             if ctx.remaining() < reserve {
+                // A batch still being parsed is not applied: the cursor says where the follow-up resumes.
                 stopped = true;
                 break;
             }

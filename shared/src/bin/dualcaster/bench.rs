@@ -136,7 +136,7 @@ async fn copy_in(pool: &PgPool, statement: &str, payload: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub async fn bench_ingest(sizes: &[usize], sample: &Path) -> Result<()> {
+pub async fn bench_ingest(sizes: &[usize], sample: &Path, batch_size: u32) -> Result<()> {
     let admin_url = std::env::var("DD_BENCH_ADMIN_DATABASE_URL")
         .unwrap_or_else(|_| "postgresql://app:app@127.0.0.1:5432/app".to_owned());
     let cards: Vec<Value> = serde_json::from_reader(
@@ -178,13 +178,19 @@ pub async fn bench_ingest(sizes: &[usize], sample: &Path) -> Result<()> {
             .ok_or_else(|| anyhow!("function not running"))?;
         let started = Instant::now();
         let out = function
-            .invoke(json!({"task": "ingest_scryfall_bulk", "kwargs": {"force": true, "batch_size": 1000}}))
+            .invoke(json!({"task": "ingest_scryfall_bulk", "kwargs": {"force": true, "batch_size": batch_size}}))
             .await?;
         let ingest_secs = started.elapsed().as_secs_f64();
         let rss = peak_rss_mb(pid)?;
         match out {
             Invoked::Outcome(InvokeOutcome::Response(r))
-                if r["detail"]["outcome"] == "completed" => {}
+                if r["detail"]["outcome"] == "completed" =>
+            {
+                eprintln!(
+                    "{size} cards: {:.2} s in Postgres of {ingest_secs:.2} s",
+                    r["detail"]["db_ms"].as_f64().unwrap_or(0.0) / 1000.0
+                );
+            }
             other => bail!("ingestion failed: {other:?}"),
         }
         let points: i64 = sqlx::query_scalar("SELECT count(*) FROM price_points")

@@ -109,6 +109,9 @@ enum Command {
         /// The real cards the files are built from.
         #[arg(long, default_value = "tests/fixtures/scryfall/mid_all_prints.json")]
         sample: PathBuf,
+        /// Cards per transaction in the ingestion.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: u32,
     },
     /// Measure lease operations against the lease table (DD_LEASE_TABLE) and the in-memory store.
     BenchLeases {
@@ -228,7 +231,11 @@ async fn main() -> Result<()> {
             }
         }
         Command::BenchLeases { rounds } => bench_leases(rounds).await,
-        Command::BenchIngest { cards, sample } => bench::bench_ingest(&cards, &sample).await,
+        Command::BenchIngest {
+            cards,
+            sample,
+            batch_size,
+        } => bench::bench_ingest(&cards, &sample, batch_size).await,
         Command::Template { action, path } => template_command(action, &path),
         Command::Schedules { next } => list_schedules(next),
         Command::Demo {
