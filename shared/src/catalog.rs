@@ -9,7 +9,11 @@ use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::error::TaskError;
+use crate::context::TaskContext;
+use crate::envelope::Envelope;
+use crate::error::{class, from_sdk_error, TaskError};
+use crate::json_stream::StreamEnd;
+use crate::queue::Queue;
 
 /// A printing as the catalog stores it.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +196,14 @@ pub struct IngestionRun {
     pub file_version: DateTime<Utc>,
 }
 
+/// How a run that was not an error ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Completed,
+    /// Continues in the follow-up message with this envelope id.
+    Continued(String),
+}
+
 /// Counts applied together with a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchCounts {
@@ -306,6 +318,63 @@ impl IngestionRun {
         .execute(pool)
         .await?;
         Ok(())
+    }
+
+    /// Settles the run once its stream has ended: succeeded when every item of the file was applied; continued
+    /// in a follow-up message (`task` with `kwargs` on `queue`, delivered two seconds later so this run's lease
+    /// is released first) when it stopped for the deadline; failed, retryably, when the download was truncated
+    /// or corrupt, keeping the cursor so that the retry resumes after the applied batches.
+    pub async fn conclude(
+        &self,
+        ctx: &TaskContext,
+        end: StreamEnd,
+        cursor: u64,
+        stopped_for_deadline: bool,
+        (task, queue, kwargs): (&str, Queue, serde_json::Map<String, serde_json::Value>),
+    ) -> Result<Ending, TaskError> {
+        let source = &self.source;
+        match end {
+            StreamEnd::Complete(total) if cursor >= total => {
+                self.succeed(ctx.db()).await?;
+                tracing::info!(source = %source, items = total, "ingestion complete");
+                Ok(Ending::Completed)
+            }
+            StreamEnd::Complete(_) | StreamEnd::Stopped if stopped_for_deadline => {
+                let id = format!(
+                    "continue:{source}:{}:{cursor}",
+                    self.file_version.timestamp()
+                );
+                let envelope = Envelope::new(task, kwargs).with_id(&id);
+                ctx.sqs()
+                    .send_message()
+                    .queue_url(&ctx.settings().urls(queue).queue)
+                    .message_body(envelope.to_json())
+                    .delay_seconds(2)
+                    .send()
+                    .await
+                    .map_err(|e| from_sdk_error("SendMessage (continuation)", e))?;
+                tracing::info!(source = %source, cursor, continuation = %id, "deadline near: continuing in a follow-up message");
+                Ok(Ending::Continued(id))
+            }
+            StreamEnd::Complete(total) => Err(TaskError::retryable(
+                class::CORRUPT_DOWNLOAD,
+                format!(
+                    "{source}: the reader finished {total} items but only {cursor} were applied"
+                ),
+            )),
+            StreamEnd::Stopped => Err(TaskError::retryable(
+                class::CORRUPT_DOWNLOAD,
+                format!("{source}: reading stopped early"),
+            )),
+            StreamEnd::Corrupt(detail) => {
+                let message = format!(
+                    "{source} version {}: the download is truncated or corrupt after item {cursor}: {detail}",
+                    self.file_version.to_rfc3339()
+                );
+                self.fail(ctx.db(), &message).await?;
+                Err(TaskError::retryable(class::CORRUPT_DOWNLOAD, message))
+            }
+        }
     }
 
     /// Records why the run stopped; its cursor stays, so the next run resumes after the applied batches.

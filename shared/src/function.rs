@@ -19,16 +19,26 @@ use crate::telemetry;
 pub async fn build(queue: Queue) -> Result<Runtime, lambda_runtime::Error> {
     let settings = Settings::from_env()?;
     let aws = aws_config::load_from_env().await;
-    let sqs = aws_sdk_sqs::Client::new(&aws);
-    let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
+    let function_name =
+        std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| format!("dualcaster-{queue}"));
+    build_with(queue, settings, &aws, function_name)
+}
+
+/// Builds the runtime for `queue` from settings and an AWS configuration: the clients, the lazy pool, the
+/// lease store and the upstreams, once. The CLI uses it to run tasks in-process as the function would.
+pub fn build_with(
+    queue: Queue,
+    settings: Settings,
+    aws: &aws_config::SdkConfig,
+    function_name: String,
+) -> Result<Runtime, lambda_runtime::Error> {
+    let sqs = aws_sdk_sqs::Client::new(aws);
     let leases = Arc::new(DynamoLeaseStore::new(
-        dynamodb,
+        aws_sdk_dynamodb::Client::new(aws),
         settings.lease_table.clone(),
     ));
     let pool = db::lazy_pool(&settings)?;
     let upstreams = Upstreams::from_settings(&settings)?;
-    let function_name =
-        std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| format!("dualcaster-{queue}"));
     let services = Arc::new(Services {
         settings,
         db: pool.clone(),

@@ -18,10 +18,9 @@ use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use uuid::Uuid;
 
-use crate::catalog::{insert_missing_printings, upsert_prices, BatchCounts, IngestionRun, RunStart};
+use crate::catalog::{insert_missing_printings, upsert_prices, BatchCounts, Ending, IngestionRun, RunStart};
 use crate::context::TaskContext;
-use crate::envelope::Envelope;
-use crate::error::{class, from_sdk_error, TaskError};
+use crate::error::{class, TaskError};
 use crate::json_stream::{self, CountingReader, Item, StreamEnd};
 use crate::mtgjson::{IdentifiedCard, Meta, PriceFormats, V4Card};
 use crate::queue::Queue;
@@ -238,40 +237,16 @@ impl Task for IngestMtgjsonPrices {
         }
         drop(batches);
         let end = reader_done.await.unwrap_or_else(|e| StreamEnd::Corrupt(format!("reader thread failed: {e}")));
-        match end {
-            StreamEnd::Complete(total) if report.cursor >= total => {
-                run.succeed(ctx.db()).await?;
-                Ok(report)
-            }
-            StreamEnd::Complete(_) | StreamEnd::Stopped if stopped => {
-                let id = format!("continue:{source}:{}:{}", version.date_naive(), report.cursor);
-                let kwargs = json!({"file": args.file, "path": args.path, "batch_size": args.batch_size});
-                let envelope = Envelope::new(Self::NAME, kwargs.as_object().cloned().unwrap_or_default()).with_id(&id);
-                ctx.sqs()
-                    .send_message()
-                    .queue_url(&ctx.settings().urls(Self::QUEUE).queue)
-                    .message_body(envelope.to_json())
-                    .delay_seconds(2)
-                    .send()
-                    .await
-                    .map_err(|e| from_sdk_error("SendMessage (continuation)", e))?;
+        let kwargs = json!({"file": args.file, "path": args.path, "batch_size": args.batch_size});
+        let follow_up = (Self::NAME, Self::QUEUE, kwargs.as_object().cloned().unwrap_or_default());
+        match run.conclude(&ctx, end, report.cursor, stopped, follow_up).await? {
+            Ending::Completed => {}
+            Ending::Continued(id) => {
                 report.outcome = MtgjsonOutcome::Continued;
                 report.continuation = Some(id);
-                Ok(report)
-            }
-            StreamEnd::Complete(_) | StreamEnd::Stopped => {
-                Err(TaskError::retryable(class::CORRUPT_DOWNLOAD, format!("{source}: reading stopped early")))
-            }
-            StreamEnd::Corrupt(detail) => {
-                let message = format!(
-                    "{source} version {}: the download is truncated or corrupt after entry {}: {detail}",
-                    version.date_naive(),
-                    report.cursor
-                );
-                run.fail(ctx.db(), &message).await?;
-                Err(TaskError::retryable(class::CORRUPT_DOWNLOAD, message))
             }
         }
+        Ok(report)
     }
 }
 

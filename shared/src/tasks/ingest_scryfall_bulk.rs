@@ -15,10 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::catalog::{upsert_prices, upsert_printings, BatchCounts, IngestionRun, RunStart};
+use crate::catalog::{upsert_prices, upsert_printings, BatchCounts, Ending, IngestionRun, RunStart};
 use crate::context::TaskContext;
-use crate::envelope::Envelope;
-use crate::error::{class, from_sdk_error, TaskError};
+use crate::error::{class, TaskError};
 use crate::json_stream::{self, CountingReader, Shape, StreamEnd};
 use crate::queue::Queue;
 use crate::registry::{OnDuplicate, Schedule, SingleInstance, Task};
@@ -257,45 +256,16 @@ impl Task for IngestScryfallBulk {
         }
         drop(batches);
         let end = reader_done.await.unwrap_or_else(|e| StreamEnd::Corrupt(format!("reader thread failed: {e}")));
-        match end {
-            StreamEnd::Complete(total) if report.cursor >= total => {
-                run.succeed(ctx.db()).await?;
-                tracing::info!(source = %source, items = total, malformed = report.malformed, "ingestion complete");
-                Ok(report)
-            }
-            StreamEnd::Complete(_) | StreamEnd::Stopped if stopped => {
-                let id = format!("continue:{source}:{}:{}", item.updated_at.timestamp(), report.cursor);
-                let kwargs = json!({"bulk_type": args.bulk_type, "batch_size": args.batch_size});
-                let envelope = Envelope::new(Self::NAME, kwargs.as_object().cloned().unwrap_or_default()).with_id(&id);
-                ctx.sqs()
-                    .send_message()
-                    .queue_url(&ctx.settings().urls(Self::QUEUE).queue)
-                    .message_body(envelope.to_json())
-                    // Lets this run release its lease before the follow-up arrives.
-                    .delay_seconds(2)
-                    .send()
-                    .await
-                    .map_err(|e| from_sdk_error("SendMessage (continuation)", e))?;
-                tracing::info!(source = %source, cursor = report.cursor, continuation = %id, "deadline near: continuing in a follow-up message");
+        let kwargs = json!({"bulk_type": args.bulk_type, "batch_size": args.batch_size});
+        let follow_up = (Self::NAME, Self::QUEUE, kwargs.as_object().cloned().unwrap_or_default());
+        match run.conclude(&ctx, end, report.cursor, stopped, follow_up).await? {
+            Ending::Completed => {}
+            Ending::Continued(id) => {
                 report.outcome = IngestOutcome::Continued;
                 report.continuation = Some(id);
-                Ok(report)
-            }
-            StreamEnd::Complete(total) => Err(TaskError::retryable(
-                class::CORRUPT_DOWNLOAD,
-                format!("{source}: the reader finished {total} items but only {} were applied", report.cursor),
-            )),
-            StreamEnd::Stopped => Err(TaskError::retryable(class::CORRUPT_DOWNLOAD, format!("{source}: reading stopped early"))),
-            StreamEnd::Corrupt(detail) => {
-                let message = format!(
-                    "{source} version {}: the download is truncated or corrupt after item {}: {detail}",
-                    item.updated_at.to_rfc3339(),
-                    report.cursor
-                );
-                run.fail(ctx.db(), &message).await?;
-                Err(TaskError::retryable(class::CORRUPT_DOWNLOAD, message))
             }
         }
+        Ok(report)
     }
 }
 

@@ -25,8 +25,8 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 
 use dualcaster::config::Settings;
-use dualcaster::context::{Services, Upstreams};
-use dualcaster::db::{self, RunLog, MIGRATOR};
+
+use dualcaster::db::MIGRATOR;
 use dualcaster::envelope::Envelope;
 use dualcaster::lease::dynamo::DynamoLeaseStore;
 use dualcaster::local::event_source::{invoke_function, EventSource};
@@ -35,9 +35,10 @@ use dualcaster::local::runtime_api::InvokeOutcome;
 use dualcaster::local::stub::{Content, StubUpstream};
 use dualcaster::local::template::{provision, provision_rules, Template};
 use dualcaster::local::{
-    function_binary, load_env_file, local_aws_defaults, local_dynamodb, local_events, local_sqs,
+    function_binary, load_env_file, local_aws, local_aws_defaults, local_dynamodb, local_events,
+    local_sqs,
 };
-use dualcaster::queue::{Queue, SqsQueueOps};
+use dualcaster::queue::Queue;
 use dualcaster::registry::Registry;
 use dualcaster::runtime::{Invocation, Runtime};
 
@@ -310,28 +311,13 @@ fn write_env_file(path: &Path, env: &BTreeMap<String, String>) -> Result<()> {
 
 async fn local_runtime(queue: Queue) -> Result<Runtime> {
     let settings = Settings::from_env()?;
-    let sqs = local_sqs().await;
-    let pool = db::lazy_pool(&settings)?;
-    let upstreams = Upstreams::from_settings(&settings)?;
-    let leases = Arc::new(DynamoLeaseStore::new(
-        local_dynamodb().await,
-        settings.lease_table.clone(),
-    ));
-    let services = Arc::new(Services {
-        settings,
-        db: pool.clone(),
-        sqs: sqs.clone(),
-        leases,
-        upstreams,
-    });
-    Ok(Runtime::new(
+    dualcaster::function::build_with(
         queue,
-        Registry::builtin(),
-        services,
-        Arc::new(SqsQueueOps::new(sqs)),
-        RunLog::Postgres(pool),
+        settings,
+        &local_aws().await,
         format!("dualcaster-cli-{queue}"),
-    ))
+    )
+    .map_err(|e| anyhow!("{e}"))
 }
 
 /// The date the bundled sample's prices were recorded, used as its bulk file version.
