@@ -310,6 +310,10 @@ fn write_env_file(path: &Path, env: &BTreeMap<String, String>) -> Result<()> {
 }
 
 async fn local_runtime(queue: Queue) -> Result<Runtime> {
+    // Metrics lines belong in CloudWatch Logs, not in a terminal's report.
+    if std::env::var_os("DD_METRICS_DISABLED").is_none() {
+        std::env::set_var("DD_METRICS_DISABLED", "1");
+    }
     let settings = Settings::from_env()?;
     dualcaster::function::build_with(
         queue,
