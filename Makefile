@@ -3,8 +3,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CLI := ./target/debug/dualcaster
 KWARGS ?= {}
+comma := ,
 
-.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest
+.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest dlq-report redrive purge-dlq
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -86,3 +87,13 @@ bench-ingest: stack-up ## Ingestion rate vs raw COPY and peak RSS at two file si
 	$(CARGO) build --profile profiling --workspace --bins
 	./target/profiling/dualcaster provision >/dev/null
 	./target/profiling/dualcaster bench-ingest --cards $(or $(CARDS),20000,100000)
+
+dlq-report: provision ## Dead letters per queue: depth, counts by task and error class, the latest ones
+	$(CLI) invoke dlq_report --kwargs '{"peek":$(or $(PEEK),5)}'
+
+redrive: provision ## Replay a DLQ (dry run unless DRY_RUN=false): make redrive QUEUE=default [TASK=ping] [CLASS=database_unavailable]
+	@test -n "$(QUEUE)" || { echo "usage: make redrive QUEUE=<ingestion|analytics|default> [TASK=..] [CLASS=..] [DRY_RUN=false]"; exit 2; }
+	$(CLI) invoke dlq_redrive --kwargs '{"queue":"$(QUEUE)","dry_run":$(or $(DRY_RUN),true)$(if $(TASK),$(comma)"task":"$(TASK)")$(if $(CLASS),$(comma)"error_class":"$(CLASS)")}'
+
+purge-dlq: provision ## Empty a DLQ: make purge-dlq QUEUE=default CONFIRM='purge default-dlq'
+	$(CLI) invoke dlq_purge --kwargs '{"queue":"$(QUEUE)","confirm":"$(CONFIRM)"}'

@@ -374,6 +374,8 @@ mod tests {
         assert_eq!(
             names,
             vec![
+                "dlq_purge",
+                "dlq_redrive",
                 "dlq_report",
                 "ingest_mtgjson_prices",
                 "ingest_scryfall_bulk",
@@ -463,7 +465,7 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Permanent);
         assert!(
             err.message().contains(
-                "registered: dlq_report, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, ping"
+                "registered: dlq_purge, dlq_redrive, dlq_report, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, ping"
             ),
             "{}",
             err.message()

@@ -8,3 +8,4 @@ mod infra;
 mod ingestion;
 mod leases;
 mod mtgjson;
+mod operations;

@@ -17,6 +17,8 @@ macro_rules! tasks {
 tasks! {
     ping::Ping,
     dlq_report::DlqReport,
+    dlq_redrive::DlqRedrive,
+    dlq_purge::DlqPurge,
     leases::Leases,
     ingest_scryfall_bulk::IngestScryfallBulk,
     ingest_mtgjson_prices::IngestMtgjsonPrices,
