@@ -166,7 +166,8 @@ pub async fn upsert_prices(
         "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::date[], $7::numeric[]) \
          ON CONFLICT (scryfall_id, source, price_type, finish, currency, day) \
-         DO UPDATE SET price = EXCLUDED.price WHERE price_points.price IS DISTINCT FROM EXCLUDED.price",
+         DO UPDATE SET price = EXCLUDED.price, recorded_at = now() \
+         WHERE price_points.price IS DISTINCT FROM EXCLUDED.price",
     )
     .bind(rows.iter().map(|r| r.scryfall_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.source).collect::<Vec<_>>())

@@ -374,6 +374,7 @@ mod tests {
         assert_eq!(
             names,
             vec![
+                "compute_price_metrics",
                 "dlq_purge",
                 "dlq_redrive",
                 "dlq_report",
@@ -465,7 +466,7 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Permanent);
         assert!(
             err.message().contains(
-                "registered: dlq_purge, dlq_redrive, dlq_report, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, ping"
+                "registered: compute_price_metrics, dlq_purge, dlq_redrive, dlq_report, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, ping"
             ),
             "{}",
             err.message()

@@ -1,6 +1,7 @@
 //! Integration tests: real function binaries, real LocalStack SQS, real Postgres.
 //! Start the stack first: `make stack-up` (the `make test` target does it).
 
+mod analytics;
 mod batches;
 mod direct_invoke;
 mod faults;

@@ -22,4 +22,5 @@ tasks! {
     leases::Leases,
     ingest_scryfall_bulk::IngestScryfallBulk,
     ingest_mtgjson_prices::IngestMtgjsonPrices,
+    compute_price_metrics::ComputePriceMetrics,
 }
