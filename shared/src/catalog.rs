@@ -332,10 +332,24 @@ impl IngestionRun {
         cursor: u64,
         stopped_for_deadline: bool,
         (task, queue, kwargs): (&str, Queue, serde_json::Map<String, serde_json::Value>),
+        then: Option<(&str, Queue)>,
     ) -> Result<Ending, TaskError> {
         let source = &self.source;
         match end {
             StreamEnd::Complete(total) if cursor >= total => {
+                if let Some((next, next_queue)) = then {
+                    // One follow-up per ingested version: its id makes a repeated one a duplicate delivery.
+                    let id = format!("after:{source}:{}", self.file_version.timestamp());
+                    let envelope = Envelope::new(next, serde_json::Map::new()).with_id(&id);
+                    ctx.sqs()
+                        .send_message()
+                        .queue_url(&ctx.settings().urls(next_queue).queue)
+                        .message_body(envelope.to_json())
+                        .send()
+                        .await
+                        .map_err(|e| from_sdk_error("SendMessage (follow-up)", e))?;
+                    tracing::info!(source = %source, task = next, id = %id, "enqueued the follow-up analytics");
+                }
                 self.succeed(ctx.db()).await?;
                 tracing::info!(source = %source, items = total, "ingestion complete");
                 Ok(Ending::Completed)

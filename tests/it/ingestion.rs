@@ -128,6 +128,24 @@ async fn a_bulk_file_lands_as_printings_and_prices_exactly_as_in_the_file() {
     }
     expected.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
     assert_eq!(prices, expected, "prices of {}", card["name"]);
+
+    // The completed ingestion asked for new metrics, once for this version.
+    let follow_up = stack
+        .sqs
+        .receive_message()
+        .queue_url(stack.queue_url(Queue::Analytics))
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    let bodies: Vec<Value> = follow_up
+        .messages()
+        .iter()
+        .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(bodies[0]["task"], "compute_price_metrics");
+    assert_eq!(bodies[0]["id"], "after:scryfall:default_cards:1761987900");
     stack.cleanup().await;
 }
 

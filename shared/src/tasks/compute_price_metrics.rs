@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::TaskContext;
 use crate::error::TaskError;
 use crate::queue::Queue;
-use crate::registry::{OnDuplicate, Schedule, SingleInstance, Task};
+use crate::registry::{Idempotency, OnDuplicate, Schedule, SingleInstance, Task};
 use crate::report::{Counts, TaskReport};
 use crate::retry::RetryPolicy;
 
@@ -127,6 +127,11 @@ impl Task for ComputePriceMetrics {
     const SINGLE_INSTANCE: Option<SingleInstance> = Some(SingleInstance {
         keys: &[],
         on_duplicate: OnDuplicate::Skip,
+    });
+    /// Ingestions enqueue a run per ingested version (`after:<source>:<version>`): a repeat is answered from
+    /// the first run's report.
+    const IDEMPOTENCY: Option<Idempotency> = Some(Idempotency {
+        keep: Duration::from_secs(7 * 24 * 60 * 60),
     });
     const SCHEDULES: &'static [Schedule] = &[Schedule {
         name: "incremental",

@@ -239,7 +239,9 @@ impl Task for IngestMtgjsonPrices {
         let end = reader_done.await.unwrap_or_else(|e| StreamEnd::Corrupt(format!("reader thread failed: {e}")));
         let kwargs = json!({"file": args.file, "path": args.path, "batch_size": args.batch_size});
         let follow_up = (Self::NAME, Self::QUEUE, kwargs.as_object().cloned().unwrap_or_default());
-        match run.conclude(&ctx, end, report.cursor, stopped, follow_up).await? {
+        // New prices call for new metrics; identifiers do not.
+        let then = (args.file != MtgjsonFile::AllIdentifiers).then_some(("compute_price_metrics", Queue::Analytics));
+        match run.conclude(&ctx, end, report.cursor, stopped, follow_up, then).await? {
             Ending::Completed => {}
             Ending::Continued(id) => {
                 report.outcome = MtgjsonOutcome::Continued;

@@ -258,7 +258,8 @@ impl Task for IngestScryfallBulk {
         let end = reader_done.await.unwrap_or_else(|e| StreamEnd::Corrupt(format!("reader thread failed: {e}")));
         let kwargs = json!({"bulk_type": args.bulk_type, "batch_size": args.batch_size});
         let follow_up = (Self::NAME, Self::QUEUE, kwargs.as_object().cloned().unwrap_or_default());
-        match run.conclude(&ctx, end, report.cursor, stopped, follow_up).await? {
+        let then = Some(("compute_price_metrics", Queue::Analytics));
+        match run.conclude(&ctx, end, report.cursor, stopped, follow_up, then).await? {
             Ending::Completed => {}
             Ending::Continued(id) => {
                 report.outcome = IngestOutcome::Continued;

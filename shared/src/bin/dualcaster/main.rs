@@ -603,6 +603,25 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
     .bind(chrono::DateTime::parse_from_rfc3339(SAMPLE_VERSION)?.date_naive())
     .fetch_all(&pool)
     .await?;
+    let metrics: i64 = sqlx::query_scalar("SELECT count(*) FROM price_metrics")
+        .fetch_one(&pool)
+        .await?;
+    println!("   price metrics (compute_price_metrics, enqueued by each completed ingestion): {metrics} series");
+    let movers: Vec<(String, String, rust_decimal::Decimal, rust_decimal::Decimal, chrono::NaiveDate)> = sqlx::query_as(
+        "SELECT p.name, p.set_code, m.latest_price, m.change_7d_pct, m.latest_day FROM price_metrics m \
+         JOIN printings p USING (scryfall_id) \
+         WHERE m.source = 'tcgplayer' AND m.finish = 'nonfoil' AND m.latest_price >= 1 AND m.change_7d_pct IS NOT NULL \
+         ORDER BY m.change_7d_pct DESC, p.name LIMIT 3",
+    )
+    .fetch_all(&pool)
+    .await?;
+    println!("   biggest 7-day risers (TCGplayer, non-foil, price >= 1 USD):");
+    for (name, set, price, pct, day) in movers {
+        println!(
+            "     {pct:>7}%  {price:>7}  {name} ({}, week to {day})",
+            set.to_uppercase()
+        );
+    }
     println!(
         "   most expensive non-foil printings (USD, Scryfall, {}):",
         &SAMPLE_VERSION[..10]
