@@ -375,6 +375,7 @@ mod tests {
             names,
             vec![
                 "compute_price_metrics",
+                "detect_price_signals",
                 "dlq_purge",
                 "dlq_redrive",
                 "dlq_report",
@@ -466,7 +467,7 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Permanent);
         assert!(
             err.message().contains(
-                "registered: compute_price_metrics, dlq_purge, dlq_redrive, dlq_report, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, ping"
+                "registered: compute_price_metrics, detect_price_signals, dlq_purge, dlq_redrive, dlq_report, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, ping"
             ),
             "{}",
             err.message()

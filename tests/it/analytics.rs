@@ -184,3 +184,136 @@ async fn metrics_follow_the_weekly_history_and_later_runs_only_touch_what_is_new
     assert!((f(&m["change_7d"]) - (99.99 - latest)).abs() < 1e-9);
     stack.cleanup().await;
 }
+
+/// Adds a printing and a weekly retail series for it.
+async fn series(stack: &TestStack, name: &str, prices: &[f64]) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    sqlx::query("INSERT INTO printings (scryfall_id, name, set_code, collector_number, rarity) VALUES ($1, $2, 'tst', '1', 'rare')")
+        .bind(id)
+        .bind(name)
+        .execute(&stack.pool)
+        .await
+        .unwrap();
+    let start = chrono::NaiveDate::from_ymd_opt(2026, 9, 6).unwrap();
+    for (i, p) in prices.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
+             VALUES ($1, 'tcgplayer', 'retail', 'nonfoil', 'USD', $2, $3::float8::numeric)",
+        )
+        .bind(id)
+        .bind(start + chrono::Duration::days(7 * i as i64))
+        .bind(p)
+        .execute(&stack.pool)
+        .await
+        .unwrap();
+    }
+    id
+}
+
+#[tokio::test]
+async fn signals_flag_spikes_breakouts_drops_and_arbitrage_once_per_day() {
+    let stack = TestStack::start().await.unwrap();
+    let analytics = stack.function(Queue::Analytics, &[]).await.unwrap();
+    let riser = series(
+        &stack,
+        "Riser",
+        &[2.0, 2.02, 1.98, 2.0, 2.01, 1.99, 2.0, 3.0],
+    )
+    .await;
+    let faller = series(
+        &stack,
+        "Faller",
+        &[5.0, 5.1, 4.9, 5.0, 5.05, 4.95, 5.0, 3.0],
+    )
+    .await;
+    let bulk = series(
+        &stack,
+        "Bulk Common",
+        &[0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.25],
+    )
+    .await;
+    let steady = series(
+        &stack,
+        "Steady",
+        &[4.0, 4.1, 3.9, 4.0, 4.05, 3.95, 4.0, 4.02],
+    )
+    .await;
+    // A store buys Steady for more than the cheapest store sells it, on its latest day.
+    sqlx::query(
+        "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
+         VALUES ($1, 'cardkingdom', 'buylist', 'nonfoil', 'USD', '2026-10-25', 4.40)",
+    )
+    .bind(steady)
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+
+    run(&analytics, "compute_price_metrics", json!({})).await;
+    let report = run(&analytics, "detect_price_signals", json!({})).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let signals: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT p.name, s.kind, s.strength::text FROM price_signals s JOIN printings p USING (scryfall_id) ORDER BY 1, 2",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap();
+    let kinds: Vec<(&str, &str)> = signals
+        .iter()
+        .map(|(n, k, _)| (n.as_str(), k.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("Faller", "drop"),
+            ("Riser", "breakout"),
+            ("Riser", "spike"),
+            ("Steady", "buylist_arbitrage")
+        ],
+        "the bulk common's +150% stays quiet under the minimum price"
+    );
+    let strength = |name: &str, kind: &str| {
+        signals
+            .iter()
+            .find(|s| s.0 == name && s.1 == kind)
+            .unwrap()
+            .2
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert!(
+        (strength("Riser", "spike") - 50.0 / 20.0).abs() < 1e-3,
+        "a 50% move over the 20% threshold"
+    );
+    // Over the prior 30 days (the four points before the latest): high 2.01.
+    assert!((strength("Riser", "breakout") - (3.0 / 2.01 - 1.0)).abs() < 1e-3);
+    assert!((strength("Steady", "buylist_arbitrage") - (4.40 / 4.02 - 1.0)).abs() < 1e-3);
+    let details: Value =
+        sqlx::query_scalar("SELECT details FROM price_signals WHERE kind = 'buylist_arbitrage'")
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+    assert_eq!(details["retail_source"], "tcgplayer");
+    assert_eq!(details["buylist_source"], "cardkingdom");
+    let _ = (riser, faller, bulk);
+
+    // The same day is not signalled twice, even on a full pass.
+    let again = run(&analytics, "detect_price_signals", json!({"full": true})).await;
+    assert_eq!(again["counts"]["processed"], 0, "{again}");
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM price_signals")
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap(),
+        4
+    );
+
+    // Thresholds are arguments: a looser spike threshold and no volatility test find more.
+    let loose = run(
+        &analytics,
+        "detect_price_signals",
+        json!({"full": true, "spike_pct": 1.0, "min_sigmas": 0, "min_price": 0}),
+    )
+    .await;
+    assert!(loose["detail"]["spikes"].as_u64().unwrap() >= 1, "{loose}");
+    stack.cleanup().await;
+}

@@ -23,4 +23,5 @@ tasks! {
     ingest_scryfall_bulk::IngestScryfallBulk,
     ingest_mtgjson_prices::IngestMtgjsonPrices,
     compute_price_metrics::ComputePriceMetrics,
+    detect_price_signals::DetectPriceSignals,
 }

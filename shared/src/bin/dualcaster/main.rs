@@ -615,6 +615,22 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
     )
     .fetch_all(&pool)
     .await?;
+    let signals: Vec<(String, i64)> =
+        sqlx::query_as("SELECT kind, count(*) FROM price_signals GROUP BY 1 ORDER BY 1")
+            .fetch_all(&pool)
+            .await?;
+    println!(
+        "   price signals (detect_price_signals, enqueued by each metrics run): {}",
+        if signals.is_empty() {
+            "none over the default thresholds".to_owned()
+        } else {
+            signals
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
     println!("   biggest 7-day risers (TCGplayer, non-foil, price >= 1 USD):");
     for (name, set, price, pct, day) in movers {
         println!(
