@@ -6,6 +6,7 @@
 //! owner can renew, complete or release it. Nothing is held "forever": every lease ends at the latest at the
 //! invocation's deadline plus a margin, so a crashed holder blocks the next run only until then.
 
+#[cfg(any(test, feature = "local"))]
 pub mod conformance;
 pub mod dynamo;
 pub mod memory;
