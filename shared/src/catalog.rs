@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::context::TaskContext;
 use crate::envelope::Envelope;
-use crate::error::{class, from_sdk_error, TaskError};
+use crate::error::{class, TaskError};
 use crate::json_stream::StreamEnd;
 use crate::queue::Queue;
 
@@ -341,13 +341,7 @@ impl IngestionRun {
                     // One follow-up per ingested version: its id makes a repeated one a duplicate delivery.
                     let id = format!("after:{source}:{}", self.file_version.timestamp());
                     let envelope = Envelope::new(next, serde_json::Map::new()).with_id(&id);
-                    ctx.sqs()
-                        .send_message()
-                        .queue_url(&ctx.settings().urls(next_queue).queue)
-                        .message_body(envelope.to_json())
-                        .send()
-                        .await
-                        .map_err(|e| from_sdk_error("SendMessage (follow-up)", e))?;
+                    ctx.enqueue(next_queue, &envelope, 0).await?;
                     tracing::info!(source = %source, task = next, id = %id, "enqueued the follow-up analytics");
                 }
                 self.succeed(ctx.db()).await?;
@@ -360,14 +354,8 @@ impl IngestionRun {
                     self.file_version.timestamp()
                 );
                 let envelope = Envelope::new(task, kwargs).with_id(&id);
-                ctx.sqs()
-                    .send_message()
-                    .queue_url(&ctx.settings().urls(queue).queue)
-                    .message_body(envelope.to_json())
-                    .delay_seconds(2)
-                    .send()
-                    .await
-                    .map_err(|e| from_sdk_error("SendMessage (continuation)", e))?;
+                // Two seconds later, so this run has released its lease when the follow-up arrives.
+                ctx.enqueue(queue, &envelope, 2).await?;
                 tracing::info!(source = %source, cursor, continuation = %id, "deadline near: continuing in a follow-up message");
                 Ok(Ending::Continued(id))
             }

@@ -7,6 +7,8 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 
 use crate::config::Settings;
+use crate::envelope::Envelope;
+use crate::error::{from_sdk_error, TaskError};
 use crate::lease::LeaseStore;
 use crate::queue::Queue;
 use crate::telemetry::Progress;
@@ -92,6 +94,24 @@ impl TaskContext {
 
     pub fn settings(&self) -> &Settings {
         &self.services.settings
+    }
+
+    /// Sends follow-up work to `queue` (after `delay_secs`): a continuation, or the next step of a chain.
+    pub async fn enqueue(
+        &self,
+        queue: Queue,
+        envelope: &Envelope,
+        delay_secs: i32,
+    ) -> Result<(), TaskError> {
+        self.sqs()
+            .send_message()
+            .queue_url(&self.settings().urls(queue).queue)
+            .message_body(envelope.to_json())
+            .delay_seconds(delay_secs)
+            .send()
+            .await
+            .map_err(|e| from_sdk_error("SendMessage (follow-up)", e))?;
+        Ok(())
     }
 
     pub fn upstreams(&self) -> &Upstreams {

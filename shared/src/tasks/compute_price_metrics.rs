@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::TaskContext;
 use crate::envelope::Envelope;
-use crate::error::{from_sdk_error, TaskError};
+use crate::error::TaskError;
 use crate::queue::Queue;
 use crate::registry::{Idempotency, OnDuplicate, Schedule, SingleInstance, Task};
 use crate::report::{Counts, TaskReport};
@@ -181,13 +181,7 @@ impl Task for ComputePriceMetrics {
         if changed > 0 {
             // New metrics call for a signal pass, once per metrics run (its id derives from this run's).
             let envelope = Envelope::new("detect_price_signals", serde_json::Map::new()).with_id(format!("signals:{}", ctx.run_key));
-            ctx.sqs()
-                .send_message()
-                .queue_url(&ctx.settings().urls(Queue::Analytics).queue)
-                .message_body(envelope.to_json())
-                .send()
-                .await
-                .map_err(|e| from_sdk_error("SendMessage (follow-up)", e))?;
+            ctx.enqueue(Queue::Analytics, &envelope, 0).await?;
         }
         Ok(PriceMetricsReport {
             full,
