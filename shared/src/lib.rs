@@ -5,6 +5,7 @@
 //! [`telemetry`], build the clients and the Postgres pool once per container and hand every invocation to
 //! [`runtime::Runtime::handle`].
 
+pub mod analytics;
 pub mod catalog;
 pub mod config;
 pub mod context;

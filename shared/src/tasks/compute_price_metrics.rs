@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::analytics::Watermark;
 use crate::context::TaskContext;
 use crate::envelope::Envelope;
 use crate::error::TaskError;
@@ -21,9 +22,6 @@ use crate::retry::RetryPolicy;
 
 pub struct ComputePriceMetrics;
 
-/// Points recorded this long before the previous run's start are looked at again, so a batch whose
-/// transaction committed late is never missed (recomputing a series twice changes nothing).
-const OVERLAP: chrono::Duration = chrono::Duration::minutes(5);
 const WATERMARK: &str = "compute_price_metrics";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, garde::Validate)]
@@ -52,7 +50,8 @@ impl TaskReport for PriceMetricsReport {
     }
 }
 
-/// The metrics of every touched series, computed in one statement. `$1`: recompute everything; `$2`: the
+/// The metrics of every touched series, computed and written in one statement that returns how many series
+/// it looked at and how many metrics rows it inserted or changed. `$1`: recompute everything; `$2`: the
 /// instant after which points count as new.
 const COMPUTE: &str = r#"
 WITH touched AS (
@@ -93,7 +92,8 @@ counted AS (
     SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency, count(*) AS points
     FROM price_points p JOIN touched t USING (scryfall_id, source, price_type, finish, currency)
     GROUP BY 1, 2, 3, 4, 5
-)
+),
+written AS (
 INSERT INTO price_metrics (scryfall_id, source, price_type, finish, currency, latest_day, latest_price,
     change_1d, change_1d_pct, change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, ma_30d,
     volatility_30d, high_30d, low_30d, points_30d, points)
@@ -118,6 +118,9 @@ WHERE (price_metrics.latest_day, price_metrics.latest_price, price_metrics.chang
       (EXCLUDED.latest_day, EXCLUDED.latest_price, EXCLUDED.change_1d, EXCLUDED.change_7d, EXCLUDED.change_30d,
        EXCLUDED.ma_7d, EXCLUDED.ma_30d, EXCLUDED.volatility_30d, EXCLUDED.high_30d, EXCLUDED.low_30d,
        EXCLUDED.points_30d, EXCLUDED.points)
+RETURNING 1
+)
+SELECT (SELECT count(*) FROM metrics) AS series, (SELECT count(*) FROM written) AS changed
 "#;
 
 impl Task for ComputePriceMetrics {
@@ -147,36 +150,15 @@ impl Task for ComputePriceMetrics {
 
     async fn run(args: ComputePriceMetricsArgs, ctx: TaskContext) -> Result<PriceMetricsReport, TaskError> {
         let mut tx = ctx.db().begin().await?;
-        let started: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
-        let previous: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT high_water FROM analytics_watermarks WHERE name = $1")
-                .bind(WATERMARK)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let full = args.full || previous.is_none();
-        let since = previous.map(|t| t - OVERLAP);
-        let series: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT DISTINCT scryfall_id, source, price_type, finish, currency \
-             FROM price_points WHERE $1 OR recorded_at > $2) t",
-        )
-        .bind(full)
-        .bind(since.unwrap_or(DateTime::UNIX_EPOCH))
-        .fetch_one(&mut *tx)
-        .await?;
-        let changed = sqlx::query(COMPUTE)
+        let mark = Watermark::read(&mut tx, WATERMARK).await?;
+        let full = args.full || mark.since.is_none();
+        let (series, changed): (i64, i64) = sqlx::query_as(COMPUTE)
             .bind(full)
-            .bind(since.unwrap_or(DateTime::UNIX_EPOCH))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(
-            "INSERT INTO analytics_watermarks (name, high_water) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET high_water = EXCLUDED.high_water, updated_at = now()",
-        )
-        .bind(WATERMARK)
-        .bind(started)
-        .execute(&mut *tx)
-        .await?;
+            .bind(mark.since.unwrap_or(DateTime::UNIX_EPOCH))
+            .fetch_one(&mut *tx)
+            .await?;
+        let changed = changed as u64;
+        mark.advance(&mut tx).await?;
         tx.commit().await?;
         if changed > 0 {
             // New metrics call for a signal pass, once per metrics run (its id derives from this run's).
@@ -185,7 +167,7 @@ impl Task for ComputePriceMetrics {
         }
         Ok(PriceMetricsReport {
             full,
-            since: if full { None } else { since },
+            since: if full { None } else { mark.since },
             series: series as u64,
             changed,
         })

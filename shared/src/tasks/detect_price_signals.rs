@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::analytics::Watermark;
 use crate::context::TaskContext;
 use crate::error::TaskError;
 use crate::queue::Queue;
@@ -19,7 +20,6 @@ use crate::retry::RetryPolicy;
 pub struct DetectPriceSignals;
 
 const WATERMARK: &str = "detect_price_signals";
-const OVERLAP: chrono::Duration = chrono::Duration::minutes(5);
 
 fn d_min_price() -> f64 {
     1.0
@@ -157,14 +157,9 @@ impl Task for DetectPriceSignals {
 
     async fn run(args: DetectSignalsArgs, ctx: TaskContext) -> Result<SignalsReport, TaskError> {
         let mut tx = ctx.db().begin().await?;
-        let started: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
-        let previous: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT high_water FROM analytics_watermarks WHERE name = $1")
-                .bind(WATERMARK)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let full = args.full || previous.is_none();
-        let since = previous.map(|t| t - OVERLAP).unwrap_or(DateTime::UNIX_EPOCH);
+        let mark = Watermark::read(&mut tx, WATERMARK).await?;
+        let full = args.full || mark.since.is_none();
+        let since = mark.since.unwrap_or(DateTime::UNIX_EPOCH);
         let moves: Vec<String> = sqlx::query_scalar(MOVES)
             .bind(full)
             .bind(since)
@@ -188,14 +183,7 @@ impl Task for DetectPriceSignals {
             .fetch_all(&mut *tx)
             .await?
             .len() as u64;
-        sqlx::query(
-            "INSERT INTO analytics_watermarks (name, high_water) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET high_water = EXCLUDED.high_water, updated_at = now()",
-        )
-        .bind(WATERMARK)
-        .bind(started)
-        .execute(&mut *tx)
-        .await?;
+        mark.advance(&mut tx).await?;
         tx.commit().await?;
         Ok(SignalsReport {
             full,
