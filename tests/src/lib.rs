@@ -141,20 +141,7 @@ impl TestStack {
     }
 
     pub async fn send(&self, queue: Queue, body: &str) -> Result<String> {
-        let out = self
-            .sqs
-            .send_message()
-            .queue_url(self.queue_url(queue))
-            .message_body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "SendMessage: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(&e)
-                )
-            })?;
-        Ok(out.message_id().unwrap_or_default().to_owned())
+        dualcaster::local::send_message(&self.sqs, self.queue_url(queue), body).await
     }
 
     /// Polls `queue` into `function` until the queue holds nothing (visible, in flight or delayed).

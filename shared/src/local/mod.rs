@@ -83,6 +83,27 @@ pub async fn local_events() -> aws_sdk_eventbridge::Client {
     aws_sdk_eventbridge::Client::new(&local_aws().await)
 }
 
+/// Sends `body` to the queue at `url`; returns the message id.
+pub async fn send_message(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    body: &str,
+) -> anyhow::Result<String> {
+    let out = sqs
+        .send_message()
+        .queue_url(url)
+        .message_body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "SendMessage: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        })?;
+    Ok(out.message_id().unwrap_or_default().to_owned())
+}
+
 /// The function binary for `queue` next to the running executable (both live in `target/<profile>`).
 pub fn function_binary(queue: crate::queue::Queue) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;

@@ -36,7 +36,7 @@ use dualcaster::local::stub::{Content, StubUpstream};
 use dualcaster::local::template::{provision, provision_rules, Template};
 use dualcaster::local::{
     function_binary, load_env_file, local_aws, local_aws_defaults, local_dynamodb, local_events,
-    local_sqs,
+    local_sqs, send_message,
 };
 use dualcaster::queue::Queue;
 use dualcaster::registry::Registry;
@@ -192,21 +192,11 @@ async fn main() -> Result<()> {
                 envelope.expires_at = Some(Utc::now() + chrono::Duration::seconds(secs));
             }
             let sqs = local_sqs().await;
-            let out = sqs
-                .send_message()
-                .queue_url(&settings.urls(queue).queue)
-                .message_body(envelope.to_json())
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "SendMessage: {}",
-                        aws_sdk_sqs::error::DisplayErrorContext(&e)
-                    )
-                })?;
+            let message_id =
+                send_message(&sqs, &settings.urls(queue).queue, &envelope.to_json()).await?;
             println!(
                 "{}",
-                json!({"queue": queue, "message_id": out.message_id(), "envelope": envelope})
+                json!({"queue": queue, "message_id": message_id, "envelope": envelope})
             );
             Ok(())
         }
@@ -455,17 +445,12 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
         let (_, envelope) = Registry::builtin()
             .envelope(task, kwargs.as_object().cloned().unwrap_or_default())
             .map_err(|e| anyhow!("{e}"))?;
-        sqs.send_message()
-            .queue_url(&settings.urls(Queue::Ingestion).queue)
-            .message_body(envelope.to_json())
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "SendMessage: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(&e)
-                )
-            })?;
+        send_message(
+            &sqs,
+            &settings.urls(Queue::Ingestion).queue,
+            &envelope.to_json(),
+        )
+        .await?;
     }
 
     println!("== sending a mix of messages to the default queue");
@@ -514,17 +499,7 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
             .to_json(),
     ));
     for (what, body) in &bodies {
-        sqs.send_message()
-            .queue_url(&default_url)
-            .message_body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "SendMessage: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(&e)
-                )
-            })?;
+        send_message(&sqs, &default_url, body).await?;
         println!("   sent: {what}");
     }
 
