@@ -379,10 +379,12 @@ mod tests {
                 "dlq_purge",
                 "dlq_redrive",
                 "dlq_report",
+                "generate_recommendations",
                 "ingest_mtgjson_prices",
                 "ingest_scryfall_bulk",
                 "leases",
-                "ping"
+                "ping",
+                "prune_price_history"
             ]
         );
     }
@@ -467,7 +469,7 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Permanent);
         assert!(
             err.message().contains(
-                "registered: compute_price_metrics, detect_price_signals, dlq_purge, dlq_redrive, dlq_report, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, ping"
+                "registered: compute_price_metrics, detect_price_signals, dlq_purge, dlq_redrive, dlq_report, generate_recommendations, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, ping, prune_price_history"
             ),
             "{}",
             err.message()

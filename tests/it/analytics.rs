@@ -307,6 +307,100 @@ async fn signals_flag_spikes_breakouts_drops_and_arbitrage_once_per_day() {
         4
     );
 
+    // Recommendations from those metrics and signals.
+    let recs = run(&analytics, "generate_recommendations", json!({})).await;
+    assert_eq!(recs["status"], "succeeded", "{recs}");
+    assert_eq!(recs["detail"]["considered"], 4, "{recs}");
+    let recommendations = || async {
+        sqlx::query_as::<
+            _,
+            (
+                String,
+                String,
+                String,
+                String,
+                chrono::DateTime<chrono::Utc>,
+            ),
+        >(
+            "SELECT p.name, r.action, r.confidence::text, r.rationale, r.updated_at \
+             FROM price_recommendations r JOIN printings p USING (scryfall_id) ORDER BY 1",
+        )
+        .fetch_all(&stack.pool)
+        .await
+        .unwrap()
+    };
+    let first = recommendations().await;
+    let judged: Vec<(&str, &str, &str, &str)> = first
+        .iter()
+        .map(|(n, a, c, r, _)| (n.as_str(), a.as_str(), c.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(
+        judged,
+        vec![
+            // +150% but under the minimum price: no signal, so hold, at the lowest hold confidence
+            // (0.5 + 0.4 * (1 - min(1, 150 / 20))).
+            ("Bulk Common", "hold", "0.500", "Hold: 0.25 USD, +150.0% over 7 days and no signal."),
+            // Drop strength 40 / 20 = 2: 0.4 + 0.1 * 2. The 30-day average of 3, 5, 4.95, 5.05, 5 is 4.60.
+            ("Faller", "buy", "0.600", "Buy the dip: down 40.0% in 7 days to 3.00 USD, under its 30-day average of 4.60."),
+            // The spike (2.5x its threshold) outranks the breakout: 0.5 + 0.1 * 2.5. Average of 3, 2, 1.99, 2.01, 2.
+            ("Riser", "sell", "0.750", "Sell into the spike: up 50.0% in 7 days to 3.00 USD, against a 30-day average of 2.20."),
+            // Arbitrage 4.40 / 4.02 - 1 = 0.0945: 0.6 + 0.0945, rounded to 0.695.
+            ("Steady", "sell", "0.695", "Sell to cardkingdom's buylist at 4.40 USD (nonfoil), 9.5% over the cheapest retail price (4.02 at tcgplayer)."),
+        ]
+    );
+    let basis: Value =
+        sqlx::query_scalar("SELECT basis FROM price_recommendations WHERE scryfall_id = $1")
+            .bind(riser)
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+    assert_eq!(basis["signals"]["spike"]["strength"], 2.5, "{basis}");
+    assert!(basis["signals"]["breakout"].is_object(), "{basis}");
+
+    // Judging again changes nothing, so nothing is rewritten.
+    let again = run(
+        &analytics,
+        "generate_recommendations",
+        json!({"full": true}),
+    )
+    .await;
+    assert_eq!(again["detail"]["considered"], 4, "{again}");
+    for action in ["buy", "sell", "hold"] {
+        assert_eq!(again["detail"][action], 0, "{again}");
+    }
+    assert_eq!(recommendations().await, first);
+
+    // A week later Steady's arbitrage is out of its last seven days: only Steady is judged again, and it holds.
+    sqlx::query(
+        "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
+         VALUES ($1, 'tcgplayer', 'retail', 'nonfoil', 'USD', '2026-11-01', 4.03)",
+    )
+    .bind(steady)
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    run(&analytics, "compute_price_metrics", json!({})).await;
+    run(&analytics, "detect_price_signals", json!({})).await;
+    let next = run(&analytics, "generate_recommendations", json!({})).await;
+    let written = |action: &str| next["detail"][action].as_u64().unwrap();
+    assert_eq!(
+        (written("buy"), written("sell"), written("hold")),
+        (0, 0, 1),
+        "{next}"
+    );
+    let after = recommendations().await;
+    let steady_now = after.iter().find(|r| r.0 == "Steady").unwrap();
+    assert_eq!(steady_now.1, "hold");
+    // 4.03 / 4.02 - 1 = 0.25% over the week (rounded to 0.3 in words): 0.5 + 0.4 * (1 - 0.25 / 20).
+    assert_eq!(
+        steady_now.3,
+        "Hold: 4.03 USD, +0.3% over 7 days and no signal."
+    );
+    assert_eq!(steady_now.2, "0.895");
+    for (old, new) in first.iter().zip(&after).filter(|(o, _)| o.0 != "Steady") {
+        assert_eq!(old, new, "unchanged recommendations are not rewritten");
+    }
+
     // Thresholds are arguments: a looser spike threshold and no volatility test find more.
     let loose = run(
         &analytics,
@@ -315,5 +409,268 @@ async fn signals_flag_spikes_breakouts_drops_and_arbitrage_once_per_day() {
     )
     .await;
     assert!(loose["detail"]["spikes"].as_u64().unwrap() >= 1, "{loose}");
+    stack.cleanup().await;
+}
+
+/// Runs per task since the stack started: (task, disposition, replayed, runs).
+async fn runs(stack: &TestStack) -> Vec<(String, String, bool, i64)> {
+    sqlx::query_as(
+        "SELECT task, status, replayed, count(*) FROM task_runs WHERE trigger = 'sqs' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn ingestion_chains_metrics_signals_and_recommendations_once_per_ingested_version() {
+    let stack = TestStack::start().await.unwrap();
+    let server = FixtureServer::start().await.unwrap();
+    server.publish_file(
+        "v4.json",
+        std::fs::read(fixture("mtgjson/v4_history_WAR.json")).unwrap(),
+    );
+    let mtgjson = format!("{}/files", server.base_url);
+    let ingestion = stack
+        .function(
+            Queue::Ingestion,
+            &[("DD_MTGJSON_BASE_URL", mtgjson.as_str())],
+        )
+        .await
+        .unwrap();
+    let analytics = stack.function(Queue::Analytics, &[]).await.unwrap();
+    let ingestion_source = stack.event_source(Queue::Ingestion, 10).await.unwrap();
+    let analytics_source = stack.event_source(Queue::Analytics, 10).await.unwrap();
+    let ingest = json!({"task": "ingest_mtgjson_prices", "kwargs": {"file": "v4_history", "path": "v4.json"}});
+    let timeout = std::time::Duration::from_secs(120);
+
+    stack
+        .send(Queue::Ingestion, &ingest.to_string())
+        .await
+        .unwrap();
+    stack
+        .drain(&ingestion_source, &ingestion, timeout)
+        .await
+        .unwrap();
+    stack
+        .drain(&analytics_source, &analytics, timeout)
+        .await
+        .unwrap();
+    let once = |task: &str| (task.to_owned(), "succeeded".to_owned(), false, 1);
+    assert_eq!(
+        runs(&stack).await,
+        vec![
+            once("compute_price_metrics"),
+            once("detect_price_signals"),
+            once("generate_recommendations"),
+            once("ingest_mtgjson_prices"),
+        ]
+    );
+    // Every printing with a retail series has a recommendation.
+    let (printings, recommended): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(DISTINCT scryfall_id) FROM price_metrics WHERE price_type = 'retail'), \
+                (SELECT count(*) FROM price_recommendations)",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    assert!(printings > 100, "{printings}");
+    assert_eq!(recommended, printings);
+
+    // The same version ingested again (forced) asks for the same follow-up: it is answered from the first
+    // metrics run's record, and the chain goes no further.
+    let forced = json!({"task": "ingest_mtgjson_prices", "kwargs": {"file": "v4_history", "path": "v4.json", "force": true}});
+    stack
+        .send(Queue::Ingestion, &forced.to_string())
+        .await
+        .unwrap();
+    stack
+        .drain(&ingestion_source, &ingestion, timeout)
+        .await
+        .unwrap();
+    stack
+        .drain(&analytics_source, &analytics, timeout)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs(&stack).await,
+        vec![
+            once("compute_price_metrics"),
+            ("compute_price_metrics".into(), "succeeded".into(), true, 1),
+            once("detect_price_signals"),
+            once("generate_recommendations"),
+            ("ingest_mtgjson_prices".into(), "succeeded".into(), false, 2),
+        ]
+    );
+    stack.cleanup().await;
+}
+
+/// Adds `days` of daily retail points ending today for a new printing; price = day number within the series.
+async fn daily_series(stack: &TestStack, days: i64) -> uuid::Uuid {
+    let id = series(stack, "Daily", &[]).await;
+    sqlx::query(
+        "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
+         SELECT $1, 'tcgplayer', 'retail', 'nonfoil', 'USD', current_date - n::int, (1000 - n)::numeric / 100 \
+         FROM generate_series(0, $2 - 1) n",
+    )
+    .bind(id)
+    .bind(days)
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    id
+}
+
+async fn days_of(stack: &TestStack, id: uuid::Uuid) -> Vec<(chrono::NaiveDate, String)> {
+    sqlx::query_as("SELECT day, price::text FROM price_points WHERE scryfall_id = $1 ORDER BY day")
+        .bind(id)
+        .fetch_all(&stack.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pruning_rolls_old_history_up_to_weekly_closes_and_keeps_the_window_and_the_metrics() {
+    use chrono::Datelike;
+    let stack = TestStack::start().await.unwrap();
+    let default = stack.function(Queue::Default, &[]).await.unwrap();
+    let analytics = stack.function(Queue::Analytics, &[]).await.unwrap();
+    let daily = daily_series(&stack, 200).await;
+    // An old series with one point a week (Wednesdays): nothing of it may go.
+    let weekly = series(&stack, "Weekly", &[]).await;
+    sqlx::query(
+        "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
+         SELECT $1, 'tcgplayer', 'retail', 'nonfoil', 'USD', d::date, 2.5 \
+         FROM generate_series(date '2025-01-01', date '2025-06-30', interval '7 days') d",
+    )
+    .bind(weekly)
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    run(&analytics, "compute_price_metrics", json!({})).await;
+    let metrics_before = metrics(&stack, daily).await;
+    let before = days_of(&stack, daily).await;
+    let weekly_before = days_of(&stack, weekly).await;
+
+    let today: chrono::NaiveDate = sqlx::query_scalar("SELECT current_date")
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+    let window_start = today - chrono::Duration::days(90);
+    let cutoff =
+        window_start - chrono::Duration::days(window_start.weekday().num_days_from_monday() as i64);
+    // What must stay: every point from the cutoff on, and before it each week's last point.
+    let expected: Vec<_> = before
+        .iter()
+        .filter(|(d, _)| *d >= cutoff || d.weekday() == chrono::Weekday::Sun)
+        .cloned()
+        .collect();
+    let first_week_end = before[0].0
+        + chrono::Duration::days(6 - before[0].0.weekday().num_days_from_monday() as i64);
+    assert!(first_week_end < cutoff);
+    let doomed = (before.len() - expected.len()) as u64;
+
+    let dry = run(&default, "prune_price_history", json!({"dry_run": true})).await;
+    assert_eq!(dry["status"], "succeeded", "{dry}");
+    assert_eq!(dry["detail"]["cutoff"], cutoff.to_string());
+    assert_eq!(dry["detail"]["deleted"], doomed, "{dry}");
+    assert_eq!(
+        days_of(&stack, daily).await,
+        before,
+        "a dry run deletes nothing"
+    );
+
+    let pruned = run(&default, "prune_price_history", json!({})).await;
+    assert_eq!(pruned["detail"]["deleted"], doomed, "{pruned}");
+    assert_eq!(days_of(&stack, daily).await, expected);
+    assert_eq!(
+        days_of(&stack, weekly).await,
+        weekly_before,
+        "the only point of a week stays"
+    );
+    // The metrics read the last 61 days, which the window keeps.
+    run(&analytics, "compute_price_metrics", json!({"full": true})).await;
+    let mut metrics_after = metrics(&stack, daily).await;
+    metrics_after.insert("computed_at".into(), metrics_before["computed_at"].clone());
+    let mut metrics_before = metrics_before;
+    metrics_before.remove("points");
+    metrics_after.remove("points");
+    assert_eq!(metrics_after, metrics_before);
+
+    let again = run(&default, "prune_price_history", json!({})).await;
+    assert_eq!(again["detail"]["deleted"], 0, "{again}");
+    let short = default
+        .invoke(json!({"task": "prune_price_history", "kwargs": {"keep_days": 7}}))
+        .await
+        .unwrap();
+    match short {
+        Invoked::Outcome(InvokeOutcome::Error {
+            error_type,
+            error_message,
+        }) => {
+            assert_eq!(error_type, "invalid_kwargs");
+            assert!(
+                error_message.contains("keep_days: lower than 61"),
+                "{error_message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_prune_that_runs_out_of_time_continues_from_the_next_week() {
+    let stack = TestStack::start().await.unwrap();
+    // A reserve longer than the function's timeout: every run stops after its first chunk of weeks.
+    let default = stack
+        .function(Queue::Default, &[("DD_INGEST_RESERVE_MS", "600000")])
+        .await
+        .unwrap();
+    let source = stack.event_source(Queue::Default, 10).await.unwrap();
+    let daily = daily_series(&stack, 200).await;
+    let before = days_of(&stack, daily).await.len();
+    stack
+        .send(
+            Queue::Default,
+            &json!({"task": "prune_price_history"}).to_string(),
+        )
+        .await
+        .unwrap();
+    stack
+        .drain(&source, &default, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    let reports: Vec<Value> = sqlx::query_scalar(
+        "SELECT detail FROM task_runs WHERE task = 'prune_price_history' AND status = 'succeeded' ORDER BY started_at",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap();
+    assert!(reports.len() >= 3, "{reports:?}");
+    let cutoff = &reports[0]["cutoff"];
+    let mut deleted = 0;
+    for pair in reports.windows(2) {
+        assert_eq!(
+            &pair[1]["cutoff"], cutoff,
+            "continuations keep the first run's cutoff"
+        );
+        assert!(pair[0]["continuation"].is_string(), "{pair:?}");
+        assert!(
+            pair[1]["from"].as_str() > pair[0]["from"].as_str(),
+            "{pair:?}"
+        );
+    }
+    for r in &reports {
+        deleted += r["deleted"].as_u64().unwrap();
+    }
+    assert!(reports.last().unwrap()["continuation"].is_null());
+    let after = days_of(&stack, daily).await;
+    assert_eq!(before - after.len(), deleted as usize);
+    let cutoff: chrono::NaiveDate = cutoff.as_str().unwrap().parse().unwrap();
+    use chrono::Datelike;
+    assert!(after
+        .iter()
+        .all(|(d, _)| *d >= cutoff || d.weekday() == chrono::Weekday::Sun));
     stack.cleanup().await;
 }

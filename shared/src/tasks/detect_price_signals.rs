@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::analytics::Watermark;
 use crate::context::TaskContext;
+use crate::envelope::Envelope;
 use crate::error::TaskError;
 use crate::queue::Queue;
-use crate::registry::{Idempotency, OnDuplicate, SingleInstance, Task};
+use crate::registry::{Idempotency, OnDuplicate, Schedule, SingleInstance, Task};
 use crate::report::{Counts, TaskReport};
 use crate::retry::RetryPolicy;
 
@@ -152,6 +153,14 @@ impl Task for DetectPriceSignals {
     const IDEMPOTENCY: Option<Idempotency> = Some(Idempotency {
         keep: Duration::from_secs(7 * 24 * 60 * 60),
     });
+    const SCHEDULES: &'static [Schedule] = &[Schedule {
+        name: "incremental",
+        expression: "cron(10 1/4 * * ? *)",
+        kwargs: "{}",
+        enabled: true,
+        why: "Twenty minutes after each scheduled metrics run, for metrics written outside a chain (a full metrics \
+              run by hand, a backfill); a run with nothing new costs a few index scans.",
+    }];
     type Args = DetectSignalsArgs;
     type Report = SignalsReport;
 
@@ -185,6 +194,10 @@ impl Task for DetectPriceSignals {
             .len() as u64;
         mark.advance(&mut tx).await?;
         tx.commit().await?;
+        // Recommendations follow every signal pass, once per pass (the id derives from this run's).
+        let envelope = Envelope::new("generate_recommendations", serde_json::Map::new())
+            .with_id(format!("recommendations:{}", ctx.run_key));
+        ctx.enqueue(Queue::Analytics, &envelope, 0).await?;
         Ok(SignalsReport {
             full,
             since: (!full).then_some(since),

@@ -24,4 +24,6 @@ tasks! {
     ingest_mtgjson_prices::IngestMtgjsonPrices,
     compute_price_metrics::ComputePriceMetrics,
     detect_price_signals::DetectPriceSignals,
+    generate_recommendations::GenerateRecommendations,
+    prune_price_history::PrunePriceHistory,
 }
