@@ -338,8 +338,20 @@ impl IngestionRun {
         match end {
             StreamEnd::Complete(total) if cursor >= total => {
                 if let Some((next, next_queue)) = then {
-                    // One follow-up per ingested version: its id makes a repeated one a duplicate delivery.
-                    let id = format!("after:{source}:{}", self.file_version.timestamp());
+                    // One follow-up per ingestion run (a version's run and its continuations share a start; a
+                    // forced rerun starts anew): its id makes a repeated one a duplicate delivery.
+                    let started: DateTime<Utc> = sqlx::query_scalar(
+                        "SELECT started_at FROM ingestion_runs WHERE source = $1 AND file_version = $2",
+                    )
+                    .bind(source)
+                    .bind(self.file_version)
+                    .fetch_one(ctx.db())
+                    .await?;
+                    let id = format!(
+                        "after:{source}:{}:{}",
+                        self.file_version.timestamp(),
+                        started.timestamp_micros()
+                    );
                     let envelope = Envelope::new(next, serde_json::Map::new()).with_id(&id);
                     ctx.enqueue(next_queue, &envelope, 0).await?;
                     tracing::info!(source = %source, task = next, id = %id, "enqueued the follow-up analytics");

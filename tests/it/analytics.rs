@@ -477,8 +477,29 @@ async fn ingestion_chains_metrics_signals_and_recommendations_once_per_ingested_
     assert!(printings > 100, "{printings}");
     assert_eq!(recommended, printings);
 
-    // The same version ingested again (forced) asks for the same follow-up: it is answered from the first
-    // metrics run's record, and the chain goes no further.
+    // A redelivered follow-up is answered from the first run's record.
+    let follow_up: String =
+        sqlx::query_scalar("SELECT run_key FROM task_runs WHERE task = 'compute_price_metrics'")
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+    assert!(
+        follow_up.starts_with("after:mtgjson:v4_history:"),
+        "{follow_up}"
+    );
+    stack
+        .send(
+            Queue::Analytics,
+            &json!({"task": "compute_price_metrics", "id": follow_up}).to_string(),
+        )
+        .await
+        .unwrap();
+    stack
+        .drain(&analytics_source, &analytics, timeout)
+        .await
+        .unwrap();
+    // The same version ingested again (forced) is a new ingestion run with its own metrics run, which finds
+    // nothing changed: the chain stops there.
     let forced = json!({"task": "ingest_mtgjson_prices", "kwargs": {"file": "v4_history", "path": "v4.json", "force": true}});
     stack
         .send(Queue::Ingestion, &forced.to_string())
@@ -495,7 +516,7 @@ async fn ingestion_chains_metrics_signals_and_recommendations_once_per_ingested_
     assert_eq!(
         runs(&stack).await,
         vec![
-            once("compute_price_metrics"),
+            ("compute_price_metrics".into(), "succeeded".into(), false, 2),
             ("compute_price_metrics".into(), "succeeded".into(), true, 1),
             once("detect_price_signals"),
             once("generate_recommendations"),

@@ -145,7 +145,19 @@ async fn a_bulk_file_lands_as_printings_and_prices_exactly_as_in_the_file() {
         .collect();
     assert_eq!(bodies.len(), 1, "{bodies:?}");
     assert_eq!(bodies[0]["task"], "compute_price_metrics");
-    assert_eq!(bodies[0]["id"], "after:scryfall:default_cards:1761987900");
+    let started: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT started_at FROM ingestion_runs WHERE source = 'scryfall:default_cards'",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        bodies[0]["id"],
+        format!(
+            "after:scryfall:default_cards:1761987900:{}",
+            started.timestamp_micros()
+        )
+    );
     stack.cleanup().await;
 }
 

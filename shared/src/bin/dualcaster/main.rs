@@ -129,6 +129,10 @@ enum Command {
         /// Give up waiting for the queues to empty after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Keep the catalog and analytics of earlier runs (by default a demo starts from an empty catalog,
+        /// and only on a database at 127.0.0.1 or localhost).
+        #[arg(long)]
+        keep_data: bool,
     },
 }
 
@@ -233,7 +237,8 @@ async fn main() -> Result<()> {
             stack,
             template,
             timeout,
-        } => demo(&stack, &template, Duration::from_secs(timeout)).await,
+            keep_data,
+        } => demo(&stack, &template, Duration::from_secs(timeout), keep_data).await,
     }
 }
 
@@ -320,7 +325,7 @@ const SAMPLE_VERSION: &str = "2025-11-01T09:05:00Z";
 /// task, status, disposition, runs, error classes
 type RunSummaryRow = (Option<String>, String, String, i64, Option<String>);
 
-async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
+async fn demo(stack: &str, template: &Path, timeout: Duration, keep_data: bool) -> Result<()> {
     let started = Utc::now();
     println!(
         "== provisioning queues for stack `{stack}` from {}",
@@ -333,6 +338,22 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
     migrate().await?;
     let settings = Settings::from_env()?;
     let pool = sqlx::PgPool::connect(settings.database_url.expose_secret()).await?;
+    if !keep_data {
+        let host = reqwest::Url::parse(settings.database_url.expose_secret())
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]") {
+            bail!("the demo empties the catalog first, so it only runs on a local database (DATABASE_URL names `{host}`); pass --keep-data to keep what is there");
+        }
+        println!("== emptying the local catalog and analytics, so the summary shows this run only (--keep-data keeps them)");
+        sqlx::query(
+            "TRUNCATE printings, price_points, price_metrics, price_signals, price_recommendations, \
+             ingestion_runs, analytics_watermarks",
+        )
+        .execute(&pool)
+        .await?;
+    }
     let sqs = local_sqs().await;
     // Start from empty queues, so the DLQ report below shows this run only.
     for queue in Queue::ALL {
@@ -533,12 +554,12 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
     .fetch_all(&pool)
     .await?;
     println!(
-        "   {:<22} {:<10} {:<25} {:>5}  error classes",
+        "   {:<26} {:<10} {:<25} {:>5}  error classes",
         "task", "status", "disposition", "runs"
     );
     for (task, status, disposition, n, classes) in rows {
         println!(
-            "   {:<22} {:<10} {:<25} {:>5}  {}",
+            "   {:<26} {:<10} {:<25} {:>5}  {}",
             task.unwrap_or_else(|| "(none)".into()),
             status,
             disposition,
@@ -619,6 +640,55 @@ async fn demo(stack: &str, template: &Path, timeout: Duration) -> Result<()> {
     );
     for (name, set, number, price) in top {
         println!("     {price:>8}  {name} ({} #{number})", set.to_uppercase());
+    }
+    let strongest: Vec<(String, String, String, rust_decimal::Decimal, chrono::NaiveDate)> = sqlx::query_as(
+        "SELECT DISTINCT ON (s.kind) s.kind, p.name, p.set_code, s.strength, s.day FROM price_signals s \
+         JOIN printings p USING (scryfall_id) ORDER BY s.kind, s.strength DESC, p.name",
+    )
+    .fetch_all(&pool)
+    .await?;
+    if !strongest.is_empty() {
+        println!("   the strongest signal of each kind:");
+        for (kind, name, set, strength, day) in strongest {
+            println!(
+                "     {kind:<17} {strength:>7}  {name} ({}, {day})",
+                set.to_uppercase()
+            );
+        }
+    }
+    let actions: Vec<(String, i64)> =
+        sqlx::query_as("SELECT action, count(*) FROM price_recommendations GROUP BY 1 ORDER BY 1")
+            .fetch_all(&pool)
+            .await?;
+    println!(
+        "   recommendations (generate_recommendations, enqueued by each signal pass): {}",
+        actions
+            .iter()
+            .map(|(a, n)| format!("{a} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let picks: Vec<(String, String, String, rust_decimal::Decimal, String)> = sqlx::query_as(
+        "SELECT * FROM (SELECT DISTINCT ON (r.action, r.confidence, p.name) r.action, p.name, p.set_code, \
+                r.confidence, r.rationale \
+         FROM price_recommendations r JOIN printings p USING (scryfall_id) WHERE r.action <> 'hold' \
+         ORDER BY r.action, r.confidence DESC, p.name) d \
+         ORDER BY action, confidence DESC, name",
+    )
+    .fetch_all(&pool)
+    .await?;
+    for action in ["buy", "sell"] {
+        let top: Vec<_> = picks.iter().filter(|p| p.0 == action).take(3).collect();
+        if top.is_empty() {
+            continue;
+        }
+        println!("   most confident {action}s:");
+        for (_, name, set, confidence, rationale) in top {
+            println!(
+                "     {confidence}  {name} ({}): {rationale}",
+                set.to_uppercase()
+            );
+        }
     }
 
     println!(
