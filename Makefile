@@ -5,7 +5,7 @@ CLI := ./target/debug/dualcaster
 KWARGS ?= {}
 comma := ,
 
-.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest dlq-report redrive purge-dlq
+.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics dlq-report redrive purge-dlq
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -87,6 +87,11 @@ bench-ingest: stack-up ## Ingestion rate vs raw COPY and peak RSS at two file si
 	$(CARGO) build --profile profiling --workspace --bins
 	./target/profiling/dualcaster provision >/dev/null
 	./target/profiling/dualcaster bench-ingest --cards $(or $(CARDS),20000,100000)
+
+bench-analytics: stack-up ## Metrics + signals, full and incremental, vs one seq scan: real v4 history and PRINTINGS=100000 x DAYS=365 generated (optimised build)
+	$(CARGO) build --profile profiling --workspace --bins
+	./target/profiling/dualcaster provision >/dev/null
+	./target/profiling/dualcaster bench-analytics --printings $(or $(PRINTINGS),100000) --days $(or $(DAYS),365)
 
 dlq-report: provision ## Dead letters per queue: depth, counts by task and error class, the latest ones
 	$(CLI) invoke dlq_report --kwargs '{"peek":$(or $(PEEK),5)}'

@@ -182,6 +182,26 @@ async fn metrics_follow_the_weekly_history_and_later_runs_only_touch_what_is_new
     );
     assert_eq!(m["latest_price"].as_deref(), Some("99.99"));
     assert!((f(&m["change_7d"]) - (99.99 - latest)).abs() < 1e-9);
+    assert_eq!(
+        m["points"].as_deref(),
+        Some("14"),
+        "a new day adds to the count"
+    );
+
+    // A backfilled day before the latest one: the series is recounted.
+    sqlx::query(
+        "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
+         VALUES ($1, 'tcgplayer', 'retail', 'nonfoil', 'USD', $2, 1.23)",
+    )
+    .bind(id)
+    .bind(paper[0].0 - chrono::Duration::days(7))
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    run(&analytics, "compute_price_metrics", json!({})).await;
+    let m = metrics(&stack, id).await;
+    assert_eq!(m["points"].as_deref(), Some("15"));
+    assert_eq!(m["latest_price"].as_deref(), Some("99.99"));
     stack.cleanup().await;
 }
 

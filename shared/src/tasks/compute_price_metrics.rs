@@ -50,30 +50,60 @@ impl TaskReport for PriceMetricsReport {
     }
 }
 
-/// The metrics of every touched series, computed and written in one statement that returns how many series
-/// it looked at and how many metrics rows it inserted or changed. `$1`: recompute everything; `$2`: the
-/// instant after which points count as new.
-const COMPUTE: &str = r#"
-WITH touched AS (
-    SELECT DISTINCT scryfall_id, source, price_type, finish, currency
+/// Every series' latest day and point count, for a full run.
+const FULL: &str = r#"
+WITH latest AS (
+    SELECT scryfall_id, source, price_type, finish, currency, max(day) AS latest_day, count(*) AS points
     FROM price_points
-    WHERE $1 OR recorded_at > $2
-),
-latest AS (
-    SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency, max(p.day) AS latest_day
-    FROM price_points p JOIN touched t USING (scryfall_id, source, price_type, finish, currency)
+    GROUP BY 1, 2, 3, 4, 5
+)"#;
+
+/// The latest day and point count of the series with points recorded after `$1`. A series that only received
+/// days after its previous latest one (the daily case) adds them to its previous count; any other is recounted.
+const INCREMENTAL: &str = r#"
+WITH touched AS (
+    SELECT scryfall_id, source, price_type, finish, currency, min(day) AS first_new_day
+    FROM price_points
+    WHERE recorded_at > $1
     GROUP BY 1, 2, 3, 4, 5
 ),
+latest AS (
+    SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency, l.latest_day,
+        CASE WHEN t.first_new_day > m.latest_day THEN m.points + (
+                SELECT count(*) FROM price_points p
+                WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
+                    = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency) AND p.day > m.latest_day)
+             ELSE (
+                SELECT count(*) FROM price_points p
+                WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
+                    = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency))
+        END AS points
+    FROM touched t
+    CROSS JOIN LATERAL (
+        SELECT max(p.day) AS latest_day FROM price_points p
+        WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
+            = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
+    ) l
+    LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
+                               = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
+)"#;
+
+/// From `latest` (the series to compute, with their latest day and point count), the metrics, written with
+/// an upsert that only touches rows whose values changed; returns how many series were computed and how many
+/// rows changed.
+const COMPUTE: &str = r#",
 series AS (
     -- Each series' last 61 days are enough for every metric (30-day changes look back up to 60 days).
-    SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency, p.day, p.price, l.latest_day,
+    SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency, p.day, p.price, l.latest_day, l.points,
            lag(p.price) OVER w AS previous_price
-    FROM price_points p JOIN latest l USING (scryfall_id, source, price_type, finish, currency)
-    WHERE p.day > l.latest_day - 61
+    FROM latest l
+    JOIN price_points p ON (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
+                         = (l.scryfall_id, l.source, l.price_type, l.finish, l.currency)
+                       AND p.day > l.latest_day - 61
     WINDOW w AS (PARTITION BY p.scryfall_id, p.source, p.price_type, p.finish, p.currency ORDER BY p.day)
 ),
 metrics AS (
-    SELECT scryfall_id, source, price_type, finish, currency, latest_day,
+    SELECT scryfall_id, source, price_type, finish, currency, latest_day, points,
         (array_agg(price ORDER BY day DESC))[1] AS latest_price,
         (array_agg(price ORDER BY day DESC) FILTER (WHERE day <= latest_day - 1 AND day >= latest_day - 2))[1] AS ref_1d,
         (array_agg(price ORDER BY day DESC) FILTER (WHERE day <= latest_day - 7 AND day >= latest_day - 14))[1] AS ref_7d,
@@ -86,12 +116,7 @@ metrics AS (
         min(price) FILTER (WHERE day > latest_day - 30) AS low_30d,
         count(*) FILTER (WHERE day > latest_day - 30) AS points_30d
     FROM series
-    GROUP BY 1, 2, 3, 4, 5, 6
-),
-counted AS (
-    SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency, count(*) AS points
-    FROM price_points p JOIN touched t USING (scryfall_id, source, price_type, finish, currency)
-    GROUP BY 1, 2, 3, 4, 5
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
 ),
 written AS (
 INSERT INTO price_metrics (scryfall_id, source, price_type, finish, currency, latest_day, latest_price,
@@ -101,8 +126,8 @@ SELECT m.scryfall_id, m.source, m.price_type, m.finish, m.currency, m.latest_day
     m.latest_price - m.ref_1d, round((m.latest_price - m.ref_1d) / NULLIF(m.ref_1d, 0) * 100, 2),
     m.latest_price - m.ref_7d, round((m.latest_price - m.ref_7d) / NULLIF(m.ref_7d, 0) * 100, 2),
     m.latest_price - m.ref_30d, round((m.latest_price - m.ref_30d) / NULLIF(m.ref_30d, 0) * 100, 2),
-    round(m.ma_7d, 4), round(m.ma_30d, 4), m.volatility_30d, m.high_30d, m.low_30d, m.points_30d, c.points
-FROM metrics m JOIN counted c USING (scryfall_id, source, price_type, finish, currency)
+    round(m.ma_7d, 4), round(m.ma_30d, 4), m.volatility_30d, m.high_30d, m.low_30d, m.points_30d, m.points
+FROM metrics m
 ON CONFLICT (scryfall_id, source, price_type, finish, currency) DO UPDATE SET
     latest_day = EXCLUDED.latest_day, latest_price = EXCLUDED.latest_price,
     change_1d = EXCLUDED.change_1d, change_1d_pct = EXCLUDED.change_1d_pct,
@@ -152,11 +177,19 @@ impl Task for ComputePriceMetrics {
         let mut tx = ctx.db().begin().await?;
         let mark = Watermark::read(&mut tx, WATERMARK).await?;
         let full = args.full || mark.since.is_none();
-        let (series, changed): (i64, i64) = sqlx::query_as(COMPUTE)
-            .bind(full)
-            .bind(mark.since.unwrap_or(DateTime::UNIX_EPOCH))
-            .fetch_one(&mut *tx)
-            .await?;
+        let (series, changed): (i64, i64) = match mark.since {
+            Some(since) if !full => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("{INCREMENTAL}{COMPUTE}")))
+                    .bind(since)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+            _ => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("{FULL}{COMPUTE}")))
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+        };
         let changed = changed as u64;
         mark.advance(&mut tx).await?;
         tx.commit().await?;

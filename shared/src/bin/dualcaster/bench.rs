@@ -59,7 +59,7 @@ fn peak_rss_mb(pid: u32) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
-async fn fresh_database(admin_url: &str, name: &str) -> Result<(PgPool, String)> {
+pub(crate) async fn fresh_database(admin_url: &str, name: &str) -> Result<(PgPool, String)> {
     let admin = PgPool::connect(admin_url)
         .await
         .context("connecting to the admin database")?;

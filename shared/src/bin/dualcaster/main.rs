@@ -12,6 +12,7 @@
 //! Settings come from the environment; `.local/stack.env` (written by `provision`) fills in what is unset.
 
 mod bench;
+mod bench_analytics;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,6 +114,22 @@ enum Command {
         /// Cards per transaction in the ingestion.
         #[arg(long, default_value_t = 1000)]
         batch_size: u32,
+    },
+    /// Time metrics + signals, full and incremental, over the real v4 history and a generated history,
+    /// against one sequential scan of the points.
+    BenchAnalytics {
+        /// The real MTGJSON v4 history (all sets).
+        #[arg(
+            long,
+            default_value = "../shared/data/mtgjson/v4_history/prices_by_uuid_v4_20190721.json"
+        )]
+        history: PathBuf,
+        /// Printings of the generated history (0 skips it).
+        #[arg(long, default_value_t = 100_000)]
+        printings: i64,
+        /// Days of the generated history.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
     },
     /// Measure lease operations against the lease table (DD_LEASE_TABLE) and the in-memory store.
     BenchLeases {
@@ -231,6 +248,11 @@ async fn main() -> Result<()> {
             sample,
             batch_size,
         } => bench::bench_ingest(&cards, &sample, batch_size).await,
+        Command::BenchAnalytics {
+            history,
+            printings,
+            days,
+        } => bench_analytics::bench_analytics(&history, printings, days).await,
         Command::Template { action, path } => template_command(action, &path),
         Command::Schedules { next } => list_schedules(next),
         Command::Demo {
