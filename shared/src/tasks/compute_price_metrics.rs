@@ -67,7 +67,7 @@ WITH touched AS (
     WHERE recorded_at > $1
     GROUP BY 1, 2, 3, 4, 5
 ),
-latest AS (
+latest AS MATERIALIZED (
     SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency, l.latest_day,
         CASE WHEN t.first_new_day > m.latest_day THEN m.points + (
                 SELECT count(*) FROM price_points p
@@ -92,31 +92,31 @@ latest AS (
 /// an upsert that only touches rows whose values changed; returns how many series were computed and how many
 /// rows changed.
 const COMPUTE: &str = r#",
-series AS (
-    -- Each series' last 61 days are enough for every metric (30-day changes look back up to 60 days).
-    SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency, p.day, p.price, l.latest_day, l.points,
-           lag(p.price) OVER w AS previous_price
-    FROM latest l
-    JOIN price_points p ON (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
-                         = (l.scryfall_id, l.source, l.price_type, l.finish, l.currency)
-                       AND p.day > l.latest_day - 61
-    WINDOW w AS (PARTITION BY p.scryfall_id, p.source, p.price_type, p.finish, p.currency ORDER BY p.day)
-),
 metrics AS (
-    SELECT scryfall_id, source, price_type, finish, currency, latest_day, points,
-        (array_agg(price ORDER BY day DESC))[1] AS latest_price,
-        (array_agg(price ORDER BY day DESC) FILTER (WHERE day <= latest_day - 1 AND day >= latest_day - 2))[1] AS ref_1d,
-        (array_agg(price ORDER BY day DESC) FILTER (WHERE day <= latest_day - 7 AND day >= latest_day - 14))[1] AS ref_7d,
-        (array_agg(price ORDER BY day DESC) FILTER (WHERE day <= latest_day - 30 AND day >= latest_day - 60))[1] AS ref_30d,
-        avg(price) FILTER (WHERE day > latest_day - 7) AS ma_7d,
-        avg(price) FILTER (WHERE day > latest_day - 30) AS ma_30d,
-        stddev_samp(ln(price::float8 / previous_price::float8))
-            FILTER (WHERE day > latest_day - 30 AND previous_price > 0 AND price > 0) AS volatility_30d,
-        max(price) FILTER (WHERE day > latest_day - 30) AS high_30d,
-        min(price) FILTER (WHERE day > latest_day - 30) AS low_30d,
-        count(*) FILTER (WHERE day > latest_day - 30) AS points_30d
-    FROM series
-    GROUP BY 1, 2, 3, 4, 5, 6, 7
+    -- Per series, its last 61 days (enough for every metric: 30-day changes look back up to 60 days), read in
+    -- index order, so neither the window nor the aggregates need a sort.
+    SELECT l.scryfall_id, l.source, l.price_type, l.finish, l.currency, l.latest_day, l.points, x.*
+    FROM latest l
+    CROSS JOIN LATERAL (
+        SELECT (array_agg(w.price ORDER BY w.day DESC))[1] AS latest_price,
+            (array_agg(w.price ORDER BY w.day DESC) FILTER (WHERE w.day <= l.latest_day - 1 AND w.day >= l.latest_day - 2))[1] AS ref_1d,
+            (array_agg(w.price ORDER BY w.day DESC) FILTER (WHERE w.day <= l.latest_day - 7 AND w.day >= l.latest_day - 14))[1] AS ref_7d,
+            (array_agg(w.price ORDER BY w.day DESC) FILTER (WHERE w.day <= l.latest_day - 30 AND w.day >= l.latest_day - 60))[1] AS ref_30d,
+            avg(w.price) FILTER (WHERE w.day > l.latest_day - 7) AS ma_7d,
+            avg(w.price) FILTER (WHERE w.day > l.latest_day - 30) AS ma_30d,
+            stddev_samp(ln(w.price::float8 / w.previous_price::float8))
+                FILTER (WHERE w.day > l.latest_day - 30 AND w.previous_price > 0 AND w.price > 0) AS volatility_30d,
+            max(w.price) FILTER (WHERE w.day > l.latest_day - 30) AS high_30d,
+            min(w.price) FILTER (WHERE w.day > l.latest_day - 30) AS low_30d,
+            count(*) FILTER (WHERE w.day > l.latest_day - 30) AS points_30d
+        FROM (
+            SELECT p.day, p.price, lag(p.price) OVER (ORDER BY p.day) AS previous_price
+            FROM price_points p
+            WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
+                = (l.scryfall_id, l.source, l.price_type, l.finish, l.currency)
+              AND p.day > l.latest_day - 61
+        ) w
+    ) x
 ),
 written AS (
 INSERT INTO price_metrics (scryfall_id, source, price_type, finish, currency, latest_day, latest_price,
@@ -175,6 +175,8 @@ impl Task for ComputePriceMetrics {
 
     async fn run(args: ComputePriceMetricsArgs, ctx: TaskContext) -> Result<PriceMetricsReport, TaskError> {
         let mut tx = ctx.db().begin().await?;
+        // A full run's aggregate over every series stays in memory (for this transaction only).
+        sqlx::query("SET LOCAL work_mem = '64MB'").execute(&mut *tx).await?;
         let mark = Watermark::read(&mut tx, WATERMARK).await?;
         let full = args.full || mark.since.is_none();
         let (series, changed): (i64, i64) = match mark.since {

@@ -164,8 +164,8 @@ async fn real_history(admin_url: &str, history: &Path) -> Result<Row> {
     .await?;
     eprintln!("ingested {} in {secs:.1} s", history.display());
     drop(ingestion);
-    // Recorded yesterday, as a day-old catalog would be.
-    sqlx::query("UPDATE price_points SET recorded_at = recorded_at - interval '1 day'")
+    // Recorded before yesterday's runs, as a day-old catalog would be.
+    sqlx::query("UPDATE price_points SET recorded_at = recorded_at - interval '2 days'")
         .execute(&pool)
         .await?;
     let row = measure(&pool, &url, "MTGJSON v4 history (weekly)".into()).await?;
@@ -195,10 +195,10 @@ async fn generated_history(admin_url: &str, printings: i64, days: i64) -> Result
     }
     sqlx::query(
         "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price, recorded_at) \
-         SELECT md5('bench' || i)::uuid, 'tcgplayer', 'retail', 'nonfoil', 'USD', current_date - d, \
+         SELECT md5('bench' || i)::uuid, 'tcgplayer', 'retail', 'nonfoil', 'USD', current_date - d::int, \
                 round((0.25 + (abs(hashint8(i)) % 5000) / 100.0) \
                       * exp(0.15 * sin(d / 20.0 + i) + 0.05 * ((abs(hashint8(i * 1000 + d)) % 2001) / 1000.0 - 1))::numeric, 2), \
-                now() - interval '1 day' \
+                now() - interval '2 days' \
          FROM generate_series(1, $1) i, generate_series(1, $2) d",
     )
     .bind(printings)
