@@ -59,16 +59,24 @@ WITH latest AS (
 )"#;
 
 /// The latest day and point count of the series with points recorded after `$1`. A series that only received
-/// days after its previous latest one (the daily case) adds them to its previous count; any other is recounted.
+/// days after its previous latest one (the daily case) adds them to its previous count and its latest day is
+/// the newest of them; any other series is recounted and its latest day looked up. (A latest point is never
+/// deleted: pruning keeps each week's last point.)
 const INCREMENTAL: &str = r#"
 WITH touched AS (
-    SELECT scryfall_id, source, price_type, finish, currency, min(day) AS first_new_day
+    SELECT scryfall_id, source, price_type, finish, currency, min(day) AS first_new_day, max(day) AS last_new_day
     FROM price_points
     WHERE recorded_at > $1
     GROUP BY 1, 2, 3, 4, 5
 ),
 latest AS MATERIALIZED (
-    SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency, l.latest_day,
+    SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency,
+        CASE WHEN t.first_new_day > m.latest_day THEN t.last_new_day
+             ELSE (
+                SELECT max(p.day) FROM price_points p
+                WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
+                    = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency))
+        END AS latest_day,
         CASE WHEN t.first_new_day > m.latest_day THEN m.points + (
                 SELECT count(*) FROM price_points p
                 WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
@@ -79,11 +87,6 @@ latest AS MATERIALIZED (
                     = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency))
         END AS points
     FROM touched t
-    CROSS JOIN LATERAL (
-        SELECT max(p.day) AS latest_day FROM price_points p
-        WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
-            = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
-    ) l
     LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
                                = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
 )"#;
@@ -108,7 +111,9 @@ metrics AS (
                 FILTER (WHERE w.day > l.latest_day - 30 AND w.previous_price > 0 AND w.price > 0) AS volatility_30d,
             max(w.price) FILTER (WHERE w.day > l.latest_day - 30) AS high_30d,
             min(w.price) FILTER (WHERE w.day > l.latest_day - 30) AS low_30d,
-            count(*) FILTER (WHERE w.day > l.latest_day - 30) AS points_30d
+            count(*) FILTER (WHERE w.day > l.latest_day - 30) AS points_30d,
+            max(w.price) FILTER (WHERE w.day >= l.latest_day - 30 AND w.day < l.latest_day) AS prior_high_30d,
+            count(*) FILTER (WHERE w.day >= l.latest_day - 30 AND w.day < l.latest_day) AS prior_points_30d
         FROM (
             SELECT p.day, p.price, lag(p.price) OVER (ORDER BY p.day) AS previous_price
             FROM price_points p
@@ -121,12 +126,13 @@ metrics AS (
 written AS (
 INSERT INTO price_metrics (scryfall_id, source, price_type, finish, currency, latest_day, latest_price,
     change_1d, change_1d_pct, change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, ma_30d,
-    volatility_30d, high_30d, low_30d, points_30d, points)
+    volatility_30d, high_30d, low_30d, points_30d, points, prior_high_30d, prior_points_30d)
 SELECT m.scryfall_id, m.source, m.price_type, m.finish, m.currency, m.latest_day, m.latest_price,
     m.latest_price - m.ref_1d, round((m.latest_price - m.ref_1d) / NULLIF(m.ref_1d, 0) * 100, 2),
     m.latest_price - m.ref_7d, round((m.latest_price - m.ref_7d) / NULLIF(m.ref_7d, 0) * 100, 2),
     m.latest_price - m.ref_30d, round((m.latest_price - m.ref_30d) / NULLIF(m.ref_30d, 0) * 100, 2),
-    round(m.ma_7d, 4), round(m.ma_30d, 4), m.volatility_30d, m.high_30d, m.low_30d, m.points_30d, m.points
+    round(m.ma_7d, 4), round(m.ma_30d, 4), m.volatility_30d, m.high_30d, m.low_30d, m.points_30d, m.points,
+    m.prior_high_30d, m.prior_points_30d
 FROM metrics m
 ON CONFLICT (scryfall_id, source, price_type, finish, currency) DO UPDATE SET
     latest_day = EXCLUDED.latest_day, latest_price = EXCLUDED.latest_price,
@@ -135,14 +141,16 @@ ON CONFLICT (scryfall_id, source, price_type, finish, currency) DO UPDATE SET
     change_30d = EXCLUDED.change_30d, change_30d_pct = EXCLUDED.change_30d_pct,
     ma_7d = EXCLUDED.ma_7d, ma_30d = EXCLUDED.ma_30d, volatility_30d = EXCLUDED.volatility_30d,
     high_30d = EXCLUDED.high_30d, low_30d = EXCLUDED.low_30d, points_30d = EXCLUDED.points_30d,
-    points = EXCLUDED.points, computed_at = now()
+    points = EXCLUDED.points, prior_high_30d = EXCLUDED.prior_high_30d,
+    prior_points_30d = EXCLUDED.prior_points_30d, computed_at = now()
 WHERE (price_metrics.latest_day, price_metrics.latest_price, price_metrics.change_1d, price_metrics.change_7d,
        price_metrics.change_30d, price_metrics.ma_7d, price_metrics.ma_30d, price_metrics.volatility_30d,
-       price_metrics.high_30d, price_metrics.low_30d, price_metrics.points_30d, price_metrics.points)
+       price_metrics.high_30d, price_metrics.low_30d, price_metrics.points_30d, price_metrics.points,
+       price_metrics.prior_high_30d, price_metrics.prior_points_30d)
   IS DISTINCT FROM
       (EXCLUDED.latest_day, EXCLUDED.latest_price, EXCLUDED.change_1d, EXCLUDED.change_7d, EXCLUDED.change_30d,
        EXCLUDED.ma_7d, EXCLUDED.ma_30d, EXCLUDED.volatility_30d, EXCLUDED.high_30d, EXCLUDED.low_30d,
-       EXCLUDED.points_30d, EXCLUDED.points)
+       EXCLUDED.points_30d, EXCLUDED.points, EXCLUDED.prior_high_30d, EXCLUDED.prior_points_30d)
 RETURNING 1
 )
 SELECT (SELECT count(*) FROM metrics) AS series, (SELECT count(*) FROM written) AS changed

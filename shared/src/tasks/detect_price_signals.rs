@@ -100,22 +100,17 @@ ON CONFLICT DO NOTHING
 RETURNING kind
 "#;
 
-/// Breakouts: the latest price above every price of the 30 days before it.
+/// Breakouts: the latest price above every price of the 30 days before it (kept with the metrics).
 const BREAKOUTS: &str = r#"
 INSERT INTO price_signals (scryfall_id, kind, source, price_type, finish, currency, day, strength, details)
 SELECT m.scryfall_id, 'breakout', m.source, m.price_type, m.finish, m.currency, m.latest_day,
-       round(m.latest_price / prior.high - 1, 4),
-       jsonb_build_object('latest_price', m.latest_price, 'prior_30d_high', prior.high, 'prior_points', prior.points)
+       round(m.latest_price / m.prior_high_30d - 1, 4),
+       jsonb_build_object('latest_price', m.latest_price, 'prior_30d_high', m.prior_high_30d,
+                          'prior_points', m.prior_points_30d)
 FROM price_metrics m
-CROSS JOIN LATERAL (
-    SELECT max(p.price) AS high, count(*) AS points FROM price_points p
-    WHERE p.scryfall_id = m.scryfall_id AND p.source = m.source AND p.price_type = m.price_type
-      AND p.finish = m.finish AND p.currency = m.currency
-      AND p.day >= m.latest_day - 30 AND p.day < m.latest_day
-) prior
 WHERE ($1::boolean OR m.computed_at > $2::timestamptz)
   AND m.price_type = 'retail' AND m.latest_price >= $3::float8
-  AND prior.points > 0 AND prior.high > 0 AND m.latest_price > prior.high
+  AND m.prior_points_30d > 0 AND m.prior_high_30d > 0 AND m.latest_price > m.prior_high_30d
 ON CONFLICT DO NOTHING
 RETURNING kind
 "#;

@@ -207,7 +207,8 @@ async fn generated_history(admin_url: &str, printings: i64, days: i64) -> Result
     .await?;
     for statement in [
         "ALTER TABLE price_points SET LOGGED",
-        "ALTER TABLE price_points ADD PRIMARY KEY (scryfall_id, source, price_type, finish, currency, day)",
+        "ALTER TABLE price_points ADD CONSTRAINT price_points_pkey \
+         PRIMARY KEY (scryfall_id, source, price_type, finish, currency, day) INCLUDE (price)",
         "CREATE INDEX price_points_day_idx ON price_points (day)",
         "CREATE INDEX price_points_recorded_at_idx ON price_points (recorded_at)",
     ] {
