@@ -86,7 +86,7 @@ schedules: build ## List every schedule with its next fire times: make schedules
 bench-ingest: stack-up ## Ingestion rate vs raw COPY and peak RSS at two file sizes (optimised build): CARDS=20000,100000
 	$(CARGO) build --profile profiling --workspace --bins
 	./target/profiling/dualcaster provision >/dev/null
-	./target/profiling/dualcaster bench-ingest --cards $(or $(CARDS),20000,100000)
+	./target/profiling/dualcaster bench-ingest --cards $(or $(CARDS),20000$(comma)100000)
 
 bench-analytics: stack-up ## Metrics + signals, full and incremental, vs one seq scan: real v4 history and PRINTINGS=100000 x DAYS=365 generated (optimised build)
 	$(CARGO) build --profile profiling --workspace --bins
