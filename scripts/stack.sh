@@ -24,6 +24,8 @@ LOCALSTACK_PINS=("localstack-core[runtime]==2026.3.0" "cbor2<6" "pyopenssl>=25.1
 MOTO_PINS=("moto[server]==5.2.5")
 # aws-sam-cli bundles cfn-lint (1.58.0 with this pin); checkov scans the template for misconfigurations.
 TOOL_PINS=("aws-sam-cli==1.170.0")
+# Its own venv: checkov's dependencies do not resolve together with the SAM CLI's.
+CHECKOV_PINS=("checkov==3.3.30")
 
 mkdir -p "$LOGS" "$RUN"
 
@@ -67,13 +69,14 @@ postgres_up() {
         for _ in $(seq 1 50); do postgres_ready && break; sleep 0.2; done
         postgres_ready || die "PostgreSQL did not become ready on 127.0.0.1:$PGPORT"
     fi
-    # A role and database that work with peer auth on the socket and password auth on TCP.
+    # A role and database that work with peer auth on the socket and password auth on TCP. The role may
+    # create roles: the tests rotate the password of a role of their own.
     local psql=(runuser -u postgres -- psql -qAtX -p "$PGPORT")
     [ "$(id -u)" = 0 ] || psql=(sudo -u postgres psql -qAtX -p "$PGPORT")
     if [ "$("${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = '$DB_ROLE'")" != 1 ]; then
-        "${psql[@]}" -c "CREATE ROLE $DB_ROLE LOGIN CREATEDB PASSWORD '$DB_PASSWORD'"
+        "${psql[@]}" -c "CREATE ROLE $DB_ROLE LOGIN CREATEDB CREATEROLE PASSWORD '$DB_PASSWORD'"
     else
-        "${psql[@]}" -c "ALTER ROLE $DB_ROLE LOGIN CREATEDB PASSWORD '$DB_PASSWORD'"
+        "${psql[@]}" -c "ALTER ROLE $DB_ROLE LOGIN CREATEDB CREATEROLE PASSWORD '$DB_PASSWORD'"
     fi
     if [ "$("${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]; then
         "${psql[@]}" -c "CREATE DATABASE $DB_NAME OWNER $DB_ROLE"
@@ -185,7 +188,8 @@ stop_pid() {
 
 tools_up() {
     ensure_venv "$STATE/venv-tools" "$(command -v python3)" "${TOOL_PINS[@]}"
-    log "template tools ready: $("$STATE/venv-tools/bin/sam" --version 2>/dev/null), $("$STATE/venv-tools/bin/cfn-lint" --version 2>/dev/null)"
+    ensure_venv "$STATE/venv-checkov" "$(command -v python3)" "${CHECKOV_PINS[@]}"
+    log "template tools ready: $("$STATE/venv-tools/bin/sam" --version 2>/dev/null), $("$STATE/venv-tools/bin/cfn-lint" --version 2>/dev/null), checkov $("$STATE/venv-checkov/bin/checkov" --version 2>/dev/null)"
 }
 
 # --- commands -----------------------------------------------------------------------------------------

@@ -16,11 +16,28 @@ pub enum ConfigError {
     Invalid { name: String, reason: String },
 }
 
+/// Where the Postgres credentials come from.
+#[derive(Debug, Clone)]
+pub enum DatabaseSource {
+    /// A connection URL in the environment (`DATABASE_URL`): local runs, tests and the CLI. Wrapped so that
+    /// `Debug` shows `[REDACTED]`.
+    Url(SecretString),
+    /// A Secrets Manager secret (`DD_DATABASE_SECRET_ARN`), fetched on first use and again after an
+    /// authentication failure. The secret is a URL or an RDS-style JSON document; `DD_DATABASE_HOST`,
+    /// `DD_DATABASE_PORT` and `DD_DATABASE_NAME` fill in or override its endpoint (an RDS Proxy, say).
+    Secret {
+        arn: String,
+        host: Option<String>,
+        port: Option<u16>,
+        name: Option<String>,
+    },
+}
+
 /// Everything a function needs to know about its surroundings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Postgres connection URL (`DATABASE_URL`). Wrapped so that `Debug` shows `[REDACTED]`.
-    pub database_url: SecretString,
+    /// The Postgres credentials: `DATABASE_URL` if set, else `DD_DATABASE_SECRET_ARN`.
+    pub database: DatabaseSource,
     /// Every queue and its DLQ (`DD_QUEUE_URL_<QUEUE>`, `DD_DLQ_URL_<QUEUE>`): a function retries on its own
     /// queue, dead-letters to its own DLQ, and enqueues follow-up work on the others.
     pub queues: QueueMap,
@@ -67,8 +84,26 @@ impl Settings {
             let dlq = required(&format!("DD_DLQ_URL_{}", q.env_suffix()))?;
             queues.insert(q, QueueUrls { queue, dlq });
         }
+        let optional = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let database = match (optional("DATABASE_URL"), optional("DD_DATABASE_SECRET_ARN")) {
+            (Some(url), _) => DatabaseSource::Url(SecretString::from(url)),
+            (None, Some(arn)) => DatabaseSource::Secret {
+                arn,
+                host: optional("DD_DATABASE_HOST"),
+                port: match optional("DD_DATABASE_PORT") {
+                    Some(_) => Some(parse_or(&lookup, "DD_DATABASE_PORT", 5432, 1..=65535)?),
+                    None => None,
+                },
+                name: optional("DD_DATABASE_NAME"),
+            },
+            (None, None) => {
+                return Err(ConfigError::Missing(
+                    "DATABASE_URL (or DD_DATABASE_SECRET_ARN)".to_owned(),
+                ))
+            }
+        };
         Ok(Settings {
-            database_url: SecretString::from(required("DATABASE_URL")?),
+            database,
             queues,
             concurrency: parse_or(&lookup, "DD_CONCURRENCY", 4, 1..=64)?,
             deadline_margin: Duration::from_millis(parse_or(
@@ -102,6 +137,14 @@ impl Settings {
                 0..=900_000,
             )?),
         })
+    }
+
+    /// The connection URL, when the credentials are in the environment (local tools need one).
+    pub fn database_url(&self) -> Result<&SecretString, ConfigError> {
+        match &self.database {
+            DatabaseSource::Url(url) => Ok(url),
+            DatabaseSource::Secret { .. } => Err(ConfigError::Missing("DATABASE_URL".to_owned())),
+        }
     }
 
     /// The URLs of `queue`. Every queue is present: [`Settings::from_lookup`] requires all of them.
@@ -171,9 +214,45 @@ mod tests {
         assert_eq!(s.concurrency, 4);
         assert_eq!(s.deadline_margin, Duration::from_secs(5));
         assert_eq!(
-            s.database_url.expose_secret(),
+            s.database_url().unwrap().expose_secret(),
             "postgresql://app:hunter2@db/app"
         );
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn credentials_come_from_a_secret_when_no_url_is_set() {
+        let mut env = full_env();
+        env.remove("DATABASE_URL");
+        assert_eq!(
+            load(&env).unwrap_err().to_string(),
+            "missing environment variable DATABASE_URL (or DD_DATABASE_SECRET_ARN)"
+        );
+        let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf";
+        env.insert("DD_DATABASE_SECRET_ARN".into(), arn.into());
+        env.insert("DD_DATABASE_HOST".into(), "proxy.example".into());
+        env.insert("DD_DATABASE_NAME".into(), "".into());
+        let s = load(&env).unwrap();
+        match &s.database {
+            DatabaseSource::Secret {
+                arn: a,
+                host,
+                port,
+                name,
+            } => {
+                assert_eq!(a, arn);
+                assert_eq!(host.as_deref(), Some("proxy.example"));
+                assert_eq!(*port, None);
+                assert_eq!(*name, None, "an empty value counts as unset");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.database_url().is_err());
+        env.insert("DD_DATABASE_PORT".into(), "99999".into());
+        assert!(load(&env)
+            .unwrap_err()
+            .to_string()
+            .contains("DD_DATABASE_PORT"));
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::upstream::{Upstream, UpstreamConfig};
 pub struct Services {
     pub settings: Settings,
     pub db: PgPool,
+    /// Where the pool's credentials come from, when they are in Secrets Manager.
+    pub db_secret: Option<crate::secrets::DatabaseSecret>,
     pub sqs: aws_sdk_sqs::Client,
     pub leases: Arc<dyn LeaseStore>,
     pub upstreams: Upstreams,

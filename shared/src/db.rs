@@ -6,7 +6,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::config::Settings;
+use crate::config::{DatabaseSource, Settings};
 use crate::error::TaskError;
 use crate::report::RunReport;
 
@@ -14,16 +14,25 @@ use crate::report::RunReport;
 /// implicitly on a cold start.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The `application_name` of the functions' connections.
+pub const APPLICATION_NAME: &str = "dualcaster-tasks";
+
 /// A small pool that connects on first use, so a cold start never waits for (or fails on) Postgres
-/// before a task actually needs it.
+/// before a task actually needs it. With credentials in Secrets Manager the pool starts without them:
+/// [`crate::secrets::DatabaseSecret::ensure`] supplies them before the first task runs.
 pub fn lazy_pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = settings.database_url.expose_secret().parse()?;
+    let options: PgConnectOptions = match &settings.database {
+        DatabaseSource::Url(url) => url.expose_secret().parse()?,
+        DatabaseSource::Secret { .. } => {
+            PgConnectOptions::new_without_pgpass().host("credentials.not-loaded.invalid")
+        }
+    };
     Ok(PgPoolOptions::new()
         .max_connections(settings.db_max_connections)
         .min_connections(0)
         .acquire_timeout(settings.db_acquire_timeout)
         .idle_timeout(std::time::Duration::from_secs(60))
-        .connect_lazy_with(options.application_name("dualcaster-tasks")))
+        .connect_lazy_with(options.application_name(APPLICATION_NAME)))
 }
 
 /// How the message of a finished attempt was left.

@@ -36,6 +36,10 @@ pub mod class {
     pub const PANIC: &str = "panic";
     pub const DATABASE: &str = "database";
     pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";
+    /// Postgres rejected the login (a rotated password): retried after the credentials are fetched again.
+    pub const DATABASE_AUTH: &str = "database_auth";
+    /// The database secret is missing, unreadable or not a database secret.
+    pub const DATABASE_CREDENTIALS: &str = "database_credentials";
     pub const UPSTREAM: &str = "upstream";
     pub const UPSTREAM_UNAVAILABLE: &str = "upstream_unavailable";
     pub const THROTTLED: &str = "throttled";
@@ -136,6 +140,13 @@ impl std::error::Error for TaskError {
 /// constraint violations and bad SQL are not.
 impl From<sqlx::Error> for TaskError {
     fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &err {
+            if matches!(db.code().as_deref(), Some("28000" | "28P01")) {
+                crate::secrets::note_auth_failure();
+                return TaskError::new(ErrorKind::Retryable, class::DATABASE_AUTH, err.to_string())
+                    .with_source(err);
+            }
+        }
         let kind = match &err {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::Value;
 
+use crate::config::DatabaseSource;
 use crate::config::Settings;
 use crate::context::{Services, Upstreams};
 use crate::db::{self, RunLog};
@@ -13,6 +14,7 @@ use crate::lease::dynamo::DynamoLeaseStore;
 use crate::queue::{Queue, SqsQueueOps};
 use crate::registry::Registry;
 use crate::runtime::{Invocation, Runtime};
+use crate::secrets::{DatabaseSecret, Endpoint};
 use crate::telemetry;
 
 /// Builds the runtime for `queue` from the environment (fails fast, naming a missing variable).
@@ -38,10 +40,29 @@ pub fn build_with(
         settings.lease_table.clone(),
     ));
     let pool = db::lazy_pool(&settings)?;
+    let db_secret = match &settings.database {
+        DatabaseSource::Url(_) => None,
+        DatabaseSource::Secret {
+            arn,
+            host,
+            port,
+            name,
+        } => Some(DatabaseSecret::new(
+            aws_sdk_secretsmanager::Client::new(aws),
+            arn.clone(),
+            Endpoint {
+                host: host.clone(),
+                port: *port,
+                name: name.clone(),
+            },
+            db::APPLICATION_NAME,
+        )),
+    };
     let upstreams = Upstreams::from_settings(&settings)?;
     let services = Arc::new(Services {
         settings,
         db: pool.clone(),
+        db_secret,
         sqs: sqs.clone(),
         leases,
         upstreams,

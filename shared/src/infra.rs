@@ -437,6 +437,28 @@ pub fn check_invariants(template: &str) -> Result<Vec<String>, serde_norway::Err
             ));
         }
     }
+    // Security scan: a finding may only be skipped with its reason written next to it.
+    for (id, r) in resources {
+        let skips = r
+            .get("Metadata")
+            .and_then(|m| m.get("checkov"))
+            .and_then(|c| c.get("skip"));
+        for skip in strings(skips) {
+            let check = skip.get("id").and_then(Value::as_str).unwrap_or("(no id)");
+            let reason = skip
+                .get("comment")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim();
+            if reason.len() < 20 {
+                problems.push(format!(
+                    "{}: checkov skip {check} needs a comment giving the reason",
+                    id.as_str().unwrap_or("?")
+                ));
+            }
+        }
+    }
+
     Ok(problems)
 }
 
@@ -470,6 +492,23 @@ mod tests {
         assert!(
             problems.iter().any(|p| p.contains(needle)),
             "expected {needle:?} in {problems:#?}"
+        );
+    }
+
+    #[test]
+    fn a_security_skip_without_a_reason_is_caught() {
+        let t = template();
+        let from = "          - id: CKV_AWS_119\n            comment: >-";
+        assert!(t.contains(from));
+        let problems = check_invariants(&t.replacen(
+            from,
+            "          - id: CKV_AWS_119\n            note: >-",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(
+            problems,
+            vec!["LeaseTable: checkov skip CKV_AWS_119 needs a comment giving the reason"]
         );
     }
 

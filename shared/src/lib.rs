@@ -24,6 +24,7 @@ pub mod retry;
 pub mod runtime;
 pub mod schedule;
 pub mod scryfall;
+pub mod secrets;
 pub mod tasks;
 pub mod telemetry;
 pub mod upstream;

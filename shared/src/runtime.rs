@@ -159,6 +159,16 @@ impl Runtime {
         let span =
             info_span!("invocation", request_id = %invocation.request_id, queue = %self.queue);
         async move {
+            if let Some(secret) = &self.services.db_secret {
+                // Without credentials no record can run: the whole invocation fails and the batch comes back.
+                secret
+                    .ensure(&self.services.db)
+                    .await
+                    .map_err(|e| InvokeError {
+                        error_type: e.class().into(),
+                        message: e.to_string(),
+                    })?;
+            }
             if payload.get("Records").is_some() {
                 let event: SqsEvent = serde_json::from_value(payload).map_err(|e| InvokeError {
                     error_type: class::MALFORMED_MESSAGE.into(),
@@ -970,6 +980,7 @@ mod tests {
         let services = Arc::new(Services {
             settings,
             db,
+            db_secret: None,
             sqs,
             leases,
             upstreams,

@@ -10,3 +10,4 @@ mod ingestion;
 mod leases;
 mod mtgjson;
 mod operations;
+mod secrets;

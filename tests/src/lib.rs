@@ -26,8 +26,8 @@ pub struct TestStack {
     pub sqs: aws_sdk_sqs::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub provisioned: Provisioned,
-    db_name: String,
-    admin_url: String,
+    pub db_name: String,
+    pub admin_url: String,
 }
 
 /// A message read back from a dead-letter queue.

@@ -359,9 +359,9 @@ async fn demo(stack: &str, template: &Path, timeout: Duration, keep_data: bool) 
     }
     migrate().await?;
     let settings = Settings::from_env()?;
-    let pool = sqlx::PgPool::connect(settings.database_url.expose_secret()).await?;
+    let pool = sqlx::PgPool::connect(settings.database_url()?.expose_secret()).await?;
     if !keep_data {
-        let host = reqwest::Url::parse(settings.database_url.expose_secret())
+        let host = reqwest::Url::parse(settings.database_url()?.expose_secret())
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_default();
