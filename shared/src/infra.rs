@@ -250,6 +250,72 @@ fn is_data_action(action: &str) -> bool {
         || action == "*"
 }
 
+/// The template without its functions, as plain CloudFormation: what a deploy rehearsal can create where
+/// Lambda functions cannot run (LocalStack without Docker). Drops the SAM transform and globals, every
+/// `AWS::Serverless::*` resource, and every resource, condition or output that refers to a dropped resource
+/// (the functions' log groups, their outputs). Returns the template and the dropped ids.
+pub fn without_functions(template: &str) -> Result<(String, Vec<String>), serde_norway::Error> {
+    let mut doc: Value = serde_norway::from_str(template)?;
+    let Some(map) = doc.as_mapping_mut() else {
+        return Ok((template.to_owned(), Vec::new()));
+    };
+    map.shift_remove("Transform");
+    map.shift_remove("Globals");
+    let mut dropped: BTreeSet<String> = BTreeSet::new();
+    if let Some(resources) = map.get("Resources").and_then(Value::as_mapping) {
+        for (id, r) in resources {
+            let serverless = r
+                .get("Type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.starts_with("AWS::Serverless::"));
+            if serverless {
+                dropped.extend(id.as_str().map(str::to_owned));
+            }
+        }
+    }
+    // Anything that mentions a dropped id goes too, until nothing more does.
+    let mentions = |value: &Value, dropped: &BTreeSet<String>| -> bool {
+        let text = serde_norway::to_string(value).unwrap_or_default();
+        dropped.iter().any(|id| {
+            text.match_indices(id.as_str()).any(|(at, _)| {
+                let before = text[..at].chars().next_back();
+                let after = text[at + id.len()..].chars().next();
+                !before.is_some_and(|c| c.is_ascii_alphanumeric())
+                    && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+            })
+        })
+    };
+    loop {
+        let Some(resources) = map.get("Resources").and_then(Value::as_mapping) else {
+            break;
+        };
+        let more: Vec<String> = resources
+            .iter()
+            .filter_map(|(id, r)| id.as_str().map(|id| (id, r)))
+            .filter(|(id, r)| !dropped.contains(*id) && mentions(r, &dropped))
+            .map(|(id, _)| id.to_owned())
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        dropped.extend(more);
+    }
+    for section in ["Resources", "Outputs"] {
+        if let Some(entries) = map.get_mut(section).and_then(Value::as_mapping_mut) {
+            entries.retain(|id, v| {
+                !id.as_str().is_some_and(|id| dropped.contains(id)) && !mentions(v, &dropped)
+            });
+        }
+    }
+    // A bare 2010-09-09 reads as a date to YAML 1.1 parsers (CloudFormation's among them).
+    let text = serde_norway::to_string(&doc)?.replacen(
+        "AWSTemplateFormatVersion: 2010-09-09",
+        "AWSTemplateFormatVersion: '2010-09-09'",
+        1,
+    );
+    Ok((text, dropped.into_iter().collect()))
+}
+
 /// Every violation of the deployment rules, as readable sentences (empty when the template is sound).
 pub fn check_invariants(template: &str) -> Result<Vec<String>, serde_norway::Error> {
     let doc: Value = serde_norway::from_str(template)?;
@@ -492,6 +558,56 @@ mod tests {
         assert!(
             problems.iter().any(|p| p.contains(needle)),
             "expected {needle:?} in {problems:#?}"
+        );
+    }
+
+    #[test]
+    fn the_infrastructure_template_keeps_everything_but_the_functions() {
+        let (plain, dropped) = without_functions(&template()).unwrap();
+        assert_eq!(
+            dropped,
+            vec![
+                "AnalyticsFunction",
+                "AnalyticsFunctionLogs",
+                "DefaultFunction",
+                "DefaultFunctionLogs",
+                "IngestionFunction",
+                "IngestionFunctionLogs"
+            ]
+        );
+        let doc: Value = serde_norway::from_str(&plain).unwrap();
+        assert!(doc.get("Transform").is_none() && doc.get("Globals").is_none());
+        let resources = doc["Resources"].as_mapping().unwrap();
+        for kept in [
+            "LeaseTable",
+            "IngestionQueue",
+            "DefaultDeadLetterQueue",
+            "AnalyticsDeadLetterAlarm",
+        ] {
+            assert!(resources.contains_key(kept), "{kept}");
+        }
+        assert_eq!(
+            resources
+                .values()
+                .filter(|r| r["Type"].as_str() == Some("AWS::Events::Rule"))
+                .count(),
+            Registry::builtin().schedules().count()
+        );
+        let outputs: Vec<_> = doc["Outputs"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            outputs,
+            vec!["IngestionQueueUrl", "AnalyticsQueueUrl", "DefaultQueueUrl"]
+        );
+        // Tags survive the round trip.
+        assert!(
+            plain.contains("!GetAtt IngestionDeadLetterQueue.Arn")
+                || plain.contains("!GetAtt 'IngestionDeadLetterQueue.Arn'"),
+            "{plain}"
         );
     }
 

@@ -134,3 +134,216 @@ async fn a_scheduled_rule_fires_into_its_queue_and_the_task_runs() {
     );
     stack.cleanup().await;
 }
+
+/// The template's non-function resources, deployed into LocalStack through CloudFormation, exist with the
+/// attributes the template states.
+#[tokio::test]
+async fn the_infrastructure_deploys_through_cloudformation_as_the_template_states() {
+    use aws_sdk_cloudformation::types::{Parameter, StackStatus};
+    use aws_sdk_sqs::types::QueueAttributeName;
+    use dualcaster::local::{local_aws, local_dynamodb, local_sqs};
+
+    let text = std::fs::read_to_string(repo().join("infra/template.yaml")).unwrap();
+    let (plain, _) = dualcaster::infra::without_functions(&text).unwrap();
+    let aws = local_aws().await;
+    let cfn = aws_sdk_cloudformation::Client::new(&aws);
+    let stack = format!(
+        "rehearsal-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    cfn.create_stack()
+        .stack_name(&stack)
+        .template_body(&plain)
+        .parameters(
+            Parameter::builder()
+                .parameter_key("DatabaseSecretArn")
+                .parameter_value(
+                    "arn:aws:secretsmanager:us-east-1:000000000000:secret:rehearsal-db",
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let described = cfn
+            .describe_stacks()
+            .stack_name(&stack)
+            .send()
+            .await
+            .unwrap();
+        let status = described.stacks()[0].stack_status().cloned().unwrap();
+        if !status.as_str().ends_with("_IN_PROGRESS") || tokio::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let events = cfn
+        .describe_stack_events()
+        .stack_name(&stack)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StackStatus::CreateComplete,
+        "{:#?}",
+        events
+            .stack_events()
+            .iter()
+            .filter_map(|e| e.resource_status_reason())
+            .collect::<Vec<_>>()
+    );
+
+    // Every resource of the plain template was created.
+    let doc: serde_norway::Value = serde_norway::from_str(&plain).unwrap();
+    let mut expected: Vec<String> = doc["Resources"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    expected.sort();
+    let resources = cfn
+        .describe_stack_resources()
+        .stack_name(&stack)
+        .send()
+        .await
+        .unwrap();
+    let mut created: Vec<String> = resources
+        .stack_resources()
+        .iter()
+        .filter(|r| r.resource_status().map(|s| s.as_str()) == Some("CREATE_COMPLETE"))
+        .filter_map(|r| r.logical_resource_id().map(str::to_owned))
+        .collect();
+    created.sort();
+    assert_eq!(created, expected);
+
+    // The queues as the template states them.
+    let template = Template::load(&repo().join("infra/template.yaml")).unwrap();
+    let sqs = local_sqs().await;
+    assert_eq!(template.queues.len(), 6);
+    for queue in &template.queues {
+        let name = queue.name(&stack);
+        let url = sqs
+            .get_queue_url()
+            .queue_name(&name)
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_owned();
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let attrs = attributes.attributes().unwrap();
+        for key in ["VisibilityTimeout", "MessageRetentionPeriod"] {
+            if let Some(stated) = queue.attributes.get(key) {
+                assert_eq!(
+                    &attrs[&QueueAttributeName::from(key)],
+                    stated,
+                    "{name} {key}"
+                );
+            }
+        }
+        assert_eq!(
+            attrs[&QueueAttributeName::SqsManagedSseEnabled],
+            "true",
+            "{name}"
+        );
+        match &queue.redrive {
+            Some((dlq, max)) => {
+                let redrive: serde_json::Value =
+                    serde_json::from_str(&attrs[&QueueAttributeName::RedrivePolicy]).unwrap();
+                assert_eq!(
+                    redrive["maxReceiveCount"].to_string().trim_matches('"'),
+                    max.to_string(),
+                    "{name}"
+                );
+                let dlq_name = template
+                    .queues
+                    .iter()
+                    .find(|q| &q.logical_id == dlq)
+                    .unwrap()
+                    .name(&stack);
+                assert!(
+                    redrive["deadLetterTargetArn"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with(&format!(":{dlq_name}")),
+                    "{redrive}"
+                );
+            }
+            None => assert!(
+                !attrs.contains_key(&QueueAttributeName::RedrivePolicy),
+                "{name} is a dead-letter queue"
+            ),
+        }
+    }
+
+    // The lease table keeps items until `ttl`.
+    let dynamodb = local_dynamodb().await;
+    let ttl = dynamodb
+        .describe_time_to_live()
+        .table_name(format!("{stack}-leases"))
+        .send()
+        .await
+        .unwrap();
+    let ttl = ttl.time_to_live_description().unwrap();
+    assert_eq!(ttl.attribute_name(), Some("ttl"));
+    assert_eq!(
+        ttl.time_to_live_status().map(|s| s.as_str()),
+        Some("ENABLED")
+    );
+
+    // One rule per registry schedule, with its expression.
+    let events = local_events().await;
+    let rules = events
+        .list_rules()
+        .name_prefix(&stack)
+        .send()
+        .await
+        .unwrap();
+    let mut deployed: Vec<(String, String)> = rules
+        .rules()
+        .iter()
+        .map(|r| {
+            (
+                r.name()
+                    .unwrap()
+                    .trim_start_matches(&format!("{stack}-"))
+                    .to_owned(),
+                r.schedule_expression().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    deployed.sort();
+    let mut declared: Vec<(String, String)> = template
+        .rules
+        .iter()
+        .map(|r| {
+            (
+                r.name(&stack)
+                    .trim_start_matches(&format!("{stack}-"))
+                    .to_owned(),
+                r.expression.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        declared.len(),
+        dualcaster::registry::Registry::builtin()
+            .schedules()
+            .count()
+    );
+    declared.sort();
+    assert_eq!(deployed, declared);
+
+    cfn.delete_stack().stack_name(&stack).send().await.unwrap();
+}

@@ -159,6 +159,9 @@ enum TemplateAction {
     Sync,
     /// Fail if the generated block drifted or an invariant is broken.
     Check,
+    /// Print the template without its functions, as plain CloudFormation (queues, DLQs, alarms, rules,
+    /// the lease table): what a deploy rehearsal creates in LocalStack.
+    Infra,
 }
 
 #[tokio::main]
@@ -845,6 +848,12 @@ fn template_command(action: TemplateAction, path: &Path) -> Result<()> {
                 std::fs::write(path, synced)?;
                 eprintln!("rewrote the schedules of {}", path.display());
             }
+            Ok(())
+        }
+        TemplateAction::Infra => {
+            let (plain, dropped) = infra::without_functions(&text)?;
+            eprintln!("left out: {}", dropped.join(", "));
+            print!("{plain}");
             Ok(())
         }
         TemplateAction::Check => {
