@@ -285,10 +285,7 @@ pub fn without_functions(template: &str) -> Result<(String, Vec<String>), serde_
             })
         })
     };
-    loop {
-        let Some(resources) = map.get("Resources").and_then(Value::as_mapping) else {
-            break;
-        };
+    while let Some(resources) = map.get("Resources").and_then(Value::as_mapping) {
         let more: Vec<String> = resources
             .iter()
             .filter_map(|(id, r)| id.as_str().map(|id| (id, r)))
