@@ -23,7 +23,7 @@ DB_NAME=app
 LOCALSTACK_PINS=("localstack-core[runtime]==2026.3.0" "cbor2<6" "pyopenssl>=25.1,<26" "cryptography>=45,<46" "service_identity")
 MOTO_PINS=("moto[server]==5.2.5")
 # aws-sam-cli bundles cfn-lint (1.58.0 with this pin); checkov scans the template for misconfigurations.
-TOOL_PINS=("aws-sam-cli==1.170.0")
+TOOL_PINS=("aws-sam-cli==1.170.0" "cargo-lambda==1.9.2")
 # Its own venv: checkov's dependencies do not resolve together with the SAM CLI's.
 CHECKOV_PINS=("checkov==3.3.30")
 

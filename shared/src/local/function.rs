@@ -124,6 +124,11 @@ impl LocalFunction {
         Ok(())
     }
 
+    /// Resolves when the process has asked the Runtime API for its next invocation (its start-up is done).
+    pub async fn polled(&self) {
+        self.api.polled().await;
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.pid)
     }

@@ -40,6 +40,8 @@ struct Shared {
     queue: Mutex<mpsc::Receiver<Pending>>,
     waiting: std::sync::Mutex<HashMap<String, oneshot::Sender<InvokeOutcome>>>,
     init_error: std::sync::Mutex<Option<String>>,
+    /// Signalled on every poll for the next invocation (a start-up measurement waits for the first).
+    polled: tokio::sync::Notify,
 }
 
 /// A running Runtime API server for one function.
@@ -61,6 +63,7 @@ impl RuntimeApi {
             queue: Mutex::new(receiver),
             waiting: std::sync::Mutex::new(HashMap::new()),
             init_error: std::sync::Mutex::new(None),
+            polled: tokio::sync::Notify::new(),
         });
         let app = Router::new()
             .route(&format!("{PREFIX}/invocation/next"), get(next))
@@ -88,6 +91,12 @@ impl RuntimeApi {
     /// `host:port`, the value of `AWS_LAMBDA_RUNTIME_API` for the function process.
     pub fn endpoint(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Resolves once the function has asked for its next invocation (at once if it already has and
+    /// nobody waited for that poll yet).
+    pub async fn polled(&self) {
+        self.shared.polled.notified().await;
     }
 
     /// The error the function reported during initialisation, if any.
@@ -137,6 +146,7 @@ impl Drop for Withdraw<'_> {
 }
 
 async fn next(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    shared.polled.notify_one();
     let p = {
         let mut queue = shared.queue.lock().await;
         loop {

@@ -13,6 +13,7 @@
 
 mod bench;
 mod bench_analytics;
+mod bench_runtime;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -130,6 +131,21 @@ enum Command {
         /// Days of the generated history.
         #[arg(long, default_value_t = 365)]
         days: i64,
+    },
+    /// Measure the functions' start-up, their zip sizes and the runtime's work per message.
+    BenchRuntime {
+        /// Where `make package` put the x86_64 build (`<dir>/<function>/bootstrap[.zip]`).
+        #[arg(long, default_value = "target/lambda/x86_64")]
+        lambda_dir: PathBuf,
+        /// The arm64 build, when there is one (zip sizes only).
+        #[arg(long, default_value = "target/lambda/arm64")]
+        arm64_dir: PathBuf,
+        /// Starts of each function binary.
+        #[arg(long, default_value_t = 50)]
+        starts: usize,
+        /// Batches of ten no-op messages.
+        #[arg(long, default_value_t = 2000)]
+        batches: usize,
     },
     /// Measure lease operations against the lease table (DD_LEASE_TABLE) and the in-memory store.
     BenchLeases {
@@ -256,6 +272,15 @@ async fn main() -> Result<()> {
             printings,
             days,
         } => bench_analytics::bench_analytics(&history, printings, days).await,
+        Command::BenchRuntime {
+            lambda_dir,
+            arm64_dir,
+            starts,
+            batches,
+        } => {
+            bench_runtime::bench_runtime(&lambda_dir, &[&lambda_dir, &arm64_dir], starts, batches)
+                .await
+        }
         Command::Template { action, path } => template_command(action, &path),
         Command::Schedules { next } => list_schedules(next),
         Command::Demo {
