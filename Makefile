@@ -5,7 +5,7 @@ CLI := ./target/debug/dualcaster
 KWARGS ?= {}
 comma := ,
 
-.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics dlq-report redrive purge-dlq
+.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics bench-runtime package dlq-report redrive purge-dlq
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -82,6 +82,14 @@ template-check: build ## Fail if the template drifted from the registry or break
 
 schedules: build ## List every schedule with its next fire times: make schedules NEXT=5
 	$(CLI) schedules --next $(or $(NEXT),3)
+
+package: ## Release zips of every function (cargo-lambda): target/lambda/{x86_64,arm64}/<function>/bootstrap.zip
+	bash scripts/package.sh $(or $(ARCH),all)
+
+bench-runtime: ## Function start-up (median, p95), zip sizes, runtime work per message (builds the x86_64 zips)
+	bash scripts/package.sh x86_64
+	$(CARGO) build --profile profiling --bin dualcaster
+	./target/profiling/dualcaster bench-runtime --starts $(or $(STARTS),50) --batches $(or $(BATCHES),2000)
 
 bench-ingest: stack-up ## Ingestion rate vs raw COPY and peak RSS at two file sizes (optimised build): CARDS=20000,100000
 	$(CARGO) build --profile profiling --workspace --bins
