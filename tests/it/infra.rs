@@ -347,3 +347,59 @@ async fn the_infrastructure_deploys_through_cloudformation_as_the_template_state
 
     cfn.delete_stack().stack_name(&stack).send().await.unwrap();
 }
+
+/// `sam build` builds every function through cargo-lambda (`BuildMethod: rust-cargolambda`). The template
+/// deploys arm64, whose Rust target needs a download; this builds the same template for x86_64. Slow when
+/// nothing is built yet (a release build), so it runs with `make test-slow`, after `make package`.
+#[test]
+#[ignore]
+fn sam_build_builds_every_function() {
+    let text = std::fs::read_to_string(repo().join("infra/template.yaml")).unwrap();
+    assert!(text.contains("Architectures: [arm64]"));
+    // Beside the original, so its CodeUri (the repository root) still resolves.
+    let template = repo().join("infra/.sam-build-x86_64.yaml");
+    std::fs::write(
+        &template,
+        text.replace("Architectures: [arm64]", "Architectures: [x86_64]"),
+    )
+    .unwrap();
+    let build_dir = repo().join("target/sam-build");
+    let _ = std::fs::remove_dir_all(&build_dir);
+    let mut cmd = Command::new(tool("sam"));
+    let path = format!(
+        "{}:{}",
+        repo().join(".local/venv-tools/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    cmd.env("PATH", path).args([
+        "build",
+        "--template",
+        template.to_str().unwrap(),
+        "--build-dir",
+        build_dir.to_str().unwrap(),
+    ]);
+    let out = cmd
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("SAM_CLI_TELEMETRY", "0")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&template);
+    assert!(
+        out.status.success(),
+        "sam build failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for function in ["IngestionFunction", "AnalyticsFunction", "DefaultFunction"] {
+        let bootstrap = build_dir.join(function).join("bootstrap");
+        let meta = std::fs::metadata(&bootstrap)
+            .unwrap_or_else(|e| panic!("{}: {e}", bootstrap.display()));
+        use std::os::unix::fs::PermissionsExt;
+        assert!(
+            meta.permissions().mode() & 0o111 != 0,
+            "{function} is not executable"
+        );
+        assert!(meta.len() > 1_000_000, "{function}: {} bytes", meta.len());
+    }
+}
