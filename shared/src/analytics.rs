@@ -1,10 +1,39 @@
 //! What the analytics tasks share: the watermark that lets each run look only at what changed since the
 //! previous one.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
+use crate::context::TaskContext;
+use crate::envelope::Envelope;
 use crate::error::TaskError;
+use crate::queue::Queue;
+use crate::registry::{Idempotency, OnDuplicate, SingleInstance};
+use crate::retry::RetryPolicy;
+
+/// How every analytics step retries.
+pub const RETRY: RetryPolicy =
+    RetryPolicy::new(3, Duration::from_secs(10), Duration::from_secs(300));
+
+/// One run of a step at a time: two would read and move the same watermark. A second one is skipped.
+pub const ONE_AT_A_TIME: Option<SingleInstance> = Some(SingleInstance {
+    keys: &[],
+    on_duplicate: OnDuplicate::Skip,
+});
+
+/// Chained runs carry an id derived from the run that asked for them: a repeat is answered from the first.
+pub const ONCE_PER_ID: Option<Idempotency> = Some(Idempotency {
+    keep: Duration::from_secs(7 * 24 * 60 * 60),
+});
+
+/// Enqueues the next step of the chain, once per run of this one (id `<prefix>:<this run's key>`).
+pub async fn follow_up(ctx: &TaskContext, task: &str, prefix: &str) -> Result<(), TaskError> {
+    let envelope =
+        Envelope::new(task, serde_json::Map::new()).with_id(format!("{prefix}:{}", ctx.run_key));
+    ctx.enqueue(Queue::Analytics, &envelope, 0).await
+}
 
 /// Work recorded this long before the previous run's start is looked at again, so a batch whose transaction
 /// committed late is never missed (looking at something twice changes nothing).

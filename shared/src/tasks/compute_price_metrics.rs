@@ -6,17 +6,15 @@
 //! run (incremental; `full` recomputes every series), written with an upsert that only touches metrics whose
 //! values changed. Money stays `numeric`.
 
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::analytics::Watermark;
+use crate::analytics::{self, Watermark};
 use crate::context::TaskContext;
-use crate::envelope::Envelope;
 use crate::error::TaskError;
 use crate::queue::Queue;
-use crate::registry::{Idempotency, OnDuplicate, Schedule, SingleInstance, Task};
+use crate::registry::{Idempotency, Schedule, SingleInstance, Task};
 use crate::report::{Counts, TaskReport};
 use crate::retry::RetryPolicy;
 
@@ -159,17 +157,11 @@ SELECT (SELECT count(*) FROM metrics) AS series, (SELECT count(*) FROM written) 
 impl Task for ComputePriceMetrics {
     const NAME: &'static str = "compute_price_metrics";
     const QUEUE: Queue = Queue::Analytics;
-    const RETRY: RetryPolicy = RetryPolicy::new(3, Duration::from_secs(10), Duration::from_secs(300));
-    /// Two runs at once would read and move the same watermark.
-    const SINGLE_INSTANCE: Option<SingleInstance> = Some(SingleInstance {
-        keys: &[],
-        on_duplicate: OnDuplicate::Skip,
-    });
-    /// Ingestions enqueue a run per ingested version (`after:<source>:<version>`): a repeat is answered from
+    const RETRY: RetryPolicy = analytics::RETRY;
+    const SINGLE_INSTANCE: Option<SingleInstance> = analytics::ONE_AT_A_TIME;
+    /// Ingestions enqueue one run per ingestion run (`after:<source>:<version>:<run start>`): a repeat is answered from
     /// the first run's report.
-    const IDEMPOTENCY: Option<Idempotency> = Some(Idempotency {
-        keep: Duration::from_secs(7 * 24 * 60 * 60),
-    });
+    const IDEMPOTENCY: Option<Idempotency> = analytics::ONCE_PER_ID;
     const SCHEDULES: &'static [Schedule] = &[Schedule {
         name: "incremental",
         expression: "cron(50 0/4 * * ? *)",
@@ -204,9 +196,8 @@ impl Task for ComputePriceMetrics {
         mark.advance(&mut tx).await?;
         tx.commit().await?;
         if changed > 0 {
-            // New metrics call for a signal pass, once per metrics run (its id derives from this run's).
-            let envelope = Envelope::new("detect_price_signals", serde_json::Map::new()).with_id(format!("signals:{}", ctx.run_key));
-            ctx.enqueue(Queue::Analytics, &envelope, 0).await?;
+            // New metrics call for a signal pass, once per metrics run.
+            analytics::follow_up(&ctx, "detect_price_signals", "signals").await?;
         }
         Ok(PriceMetricsReport {
             full,

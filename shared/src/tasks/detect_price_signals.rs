@@ -4,17 +4,15 @@
 //! day). Set-based over the metrics and points that changed since the previous run; a signal is stored once
 //! per printing, kind, series and day.
 
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::analytics::Watermark;
+use crate::analytics::{self, Watermark};
 use crate::context::TaskContext;
-use crate::envelope::Envelope;
 use crate::error::TaskError;
 use crate::queue::Queue;
-use crate::registry::{Idempotency, OnDuplicate, Schedule, SingleInstance, Task};
+use crate::registry::{Idempotency, Schedule, SingleInstance, Task};
 use crate::report::{Counts, TaskReport};
 use crate::retry::RetryPolicy;
 
@@ -139,15 +137,10 @@ RETURNING kind
 impl Task for DetectPriceSignals {
     const NAME: &'static str = "detect_price_signals";
     const QUEUE: Queue = Queue::Analytics;
-    const RETRY: RetryPolicy = RetryPolicy::new(3, Duration::from_secs(10), Duration::from_secs(300));
-    const SINGLE_INSTANCE: Option<SingleInstance> = Some(SingleInstance {
-        keys: &[],
-        on_duplicate: OnDuplicate::Skip,
-    });
+    const RETRY: RetryPolicy = analytics::RETRY;
+    const SINGLE_INSTANCE: Option<SingleInstance> = analytics::ONE_AT_A_TIME;
     /// Metrics runs enqueue one pass each (`signals:<metrics run>`): a repeat is answered from the first.
-    const IDEMPOTENCY: Option<Idempotency> = Some(Idempotency {
-        keep: Duration::from_secs(7 * 24 * 60 * 60),
-    });
+    const IDEMPOTENCY: Option<Idempotency> = analytics::ONCE_PER_ID;
     const SCHEDULES: &'static [Schedule] = &[Schedule {
         name: "incremental",
         expression: "cron(10 1/4 * * ? *)",
@@ -189,10 +182,8 @@ impl Task for DetectPriceSignals {
             .len() as u64;
         mark.advance(&mut tx).await?;
         tx.commit().await?;
-        // Recommendations follow every signal pass, once per pass (the id derives from this run's).
-        let envelope = Envelope::new("generate_recommendations", serde_json::Map::new())
-            .with_id(format!("recommendations:{}", ctx.run_key));
-        ctx.enqueue(Queue::Analytics, &envelope, 0).await?;
+        // Recommendations follow every signal pass, once per pass.
+        analytics::follow_up(&ctx, "generate_recommendations", "recommendations").await?;
         Ok(SignalsReport {
             full,
             since: (!full).then_some(since),

@@ -12,16 +12,15 @@
 //! Set-based over the printings whose metrics or signals changed since the previous run; a recommendation
 //! is rewritten only when its action, confidence or rationale changes.
 
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::analytics::Watermark;
+use crate::analytics::{self, Watermark};
 use crate::context::TaskContext;
 use crate::error::TaskError;
 use crate::queue::Queue;
-use crate::registry::{Idempotency, OnDuplicate, Schedule, SingleInstance, Task};
+use crate::registry::{Idempotency, Schedule, SingleInstance, Task};
 use crate::report::{Counts, TaskReport};
 use crate::retry::RetryPolicy;
 
@@ -164,16 +163,10 @@ FROM written
 impl Task for GenerateRecommendations {
     const NAME: &'static str = "generate_recommendations";
     const QUEUE: Queue = Queue::Analytics;
-    const RETRY: RetryPolicy = RetryPolicy::new(3, Duration::from_secs(10), Duration::from_secs(300));
-    /// Two runs at once would read and move the same watermark.
-    const SINGLE_INSTANCE: Option<SingleInstance> = Some(SingleInstance {
-        keys: &[],
-        on_duplicate: OnDuplicate::Skip,
-    });
+    const RETRY: RetryPolicy = analytics::RETRY;
+    const SINGLE_INSTANCE: Option<SingleInstance> = analytics::ONE_AT_A_TIME;
     /// Signal passes enqueue one run each (`recommendations:<signals run>`): a repeat is answered from the first.
-    const IDEMPOTENCY: Option<Idempotency> = Some(Idempotency {
-        keep: Duration::from_secs(7 * 24 * 60 * 60),
-    });
+    const IDEMPOTENCY: Option<Idempotency> = analytics::ONCE_PER_ID;
     const SCHEDULES: &'static [Schedule] = &[Schedule {
         name: "incremental",
         expression: "cron(30 1/4 * * ? *)",
