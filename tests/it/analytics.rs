@@ -46,9 +46,11 @@ fn f(v: &Option<String>) -> f64 {
     v.as_deref().unwrap().parse().unwrap()
 }
 
-#[tokio::test]
-async fn metrics_follow_the_weekly_history_and_later_runs_only_touch_what_is_new() {
-    let stack = TestStack::start().await.unwrap();
+/// The ingestion function, reading MTGJSON from a server that holds the bundled v4 history as `v4.json`, and
+/// the analytics function. The server lives as long as the first element.
+async fn functions_with_v4_history(
+    stack: &TestStack,
+) -> (FixtureServer, LocalFunction, LocalFunction) {
     let server = FixtureServer::start().await.unwrap();
     server.publish_file(
         "v4.json",
@@ -63,6 +65,13 @@ async fn metrics_follow_the_weekly_history_and_later_runs_only_touch_what_is_new
         .await
         .unwrap();
     let analytics = stack.function(Queue::Analytics, &[]).await.unwrap();
+    (server, ingestion, analytics)
+}
+
+#[tokio::test]
+async fn metrics_follow_the_weekly_history_and_later_runs_only_touch_what_is_new() {
+    let stack = TestStack::start().await.unwrap();
+    let (_server, ingestion, analytics) = functions_with_v4_history(&stack).await;
     run(
         &ingestion,
         "ingest_mtgjson_prices",
@@ -445,20 +454,7 @@ async fn runs(stack: &TestStack) -> Vec<(String, String, bool, i64)> {
 #[tokio::test]
 async fn ingestion_chains_metrics_signals_and_recommendations_once_per_ingested_version() {
     let stack = TestStack::start().await.unwrap();
-    let server = FixtureServer::start().await.unwrap();
-    server.publish_file(
-        "v4.json",
-        std::fs::read(fixture("mtgjson/v4_history_WAR.json")).unwrap(),
-    );
-    let mtgjson = format!("{}/files", server.base_url);
-    let ingestion = stack
-        .function(
-            Queue::Ingestion,
-            &[("DD_MTGJSON_BASE_URL", mtgjson.as_str())],
-        )
-        .await
-        .unwrap();
-    let analytics = stack.function(Queue::Analytics, &[]).await.unwrap();
+    let (_server, ingestion, analytics) = functions_with_v4_history(&stack).await;
     let ingestion_source = stack.event_source(Queue::Ingestion, 10).await.unwrap();
     let analytics_source = stack.event_source(Queue::Analytics, 10).await.unwrap();
     let ingest = json!({"task": "ingest_mtgjson_prices", "kwargs": {"file": "v4_history", "path": "v4.json"}});
