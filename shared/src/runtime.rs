@@ -41,9 +41,7 @@ impl Invocation {
     /// From the Lambda context: its deadline is in milliseconds since the Unix epoch.
     pub fn from_lambda(ctx: &lambda_runtime::Context) -> Self {
         let now = Utc::now();
-        let remaining = (ctx.deadline as i64)
-            .saturating_sub(now.timestamp_millis())
-            .max(0);
+        let remaining = remaining_ms(ctx.deadline, now.timestamp_millis());
         Invocation {
             request_id: ctx.request_id.clone(),
             deadline: Instant::now() + Duration::from_millis(remaining as u64),
@@ -60,6 +58,21 @@ impl Invocation {
         }
     }
 }
+
+/// Milliseconds left before `deadline`. Lambda sends an epoch time; `cargo lambda watch` sends the
+/// function timeout itself (600000), which read as an epoch time would be 1970 and end every invocation
+/// at once. No real deadline is that far in the past, so a value under [`EPOCH_MS_FLOOR`] is taken as
+/// a duration.
+fn remaining_ms(deadline: u64, now_ms: i64) -> i64 {
+    let deadline = deadline as i64;
+    if deadline < EPOCH_MS_FLOOR {
+        return deadline.max(0);
+    }
+    deadline.saturating_sub(now_ms).max(0)
+}
+
+/// 2001-09-09 in epoch milliseconds: below it, a deadline is a duration (see [`remaining_ms`]).
+const EPOCH_MS_FLOOR: i64 = 1_000_000_000_000;
 
 /// A failed direct invoke, returned to the caller as a Lambda error (`errorType` is the error class).
 #[derive(Debug, thiserror::Error)]
@@ -727,6 +740,14 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn deadlines_are_epoch_times_unless_they_can_only_be_durations() {
+        let now = 1_795_708_059_351;
+        assert_eq!(super::remaining_ms(now as u64 + 30_000, now), 30_000);
+        assert_eq!(super::remaining_ms(now as u64 - 5, now), 0);
+        // `cargo lambda watch` sends its 600 s timeout as the deadline.
+        assert_eq!(super::remaining_ms(600_000, now), 600_000);
+    }
     use super::*;
     use crate::config::Settings;
     use crate::lease::memory::MemoryLeaseStore;

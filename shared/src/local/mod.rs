@@ -6,7 +6,9 @@ pub mod event_source;
 pub mod function;
 pub mod runtime_api;
 pub mod stub;
+pub mod system;
 pub mod template;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,247 @@
+//! The whole system on one machine: the function binaries (under `cargo lambda watch`, or under this
+//! crate's own Runtime API when a test must kill them) fed from their LocalStack queues by one
+//! [`EventSource`] per queue, with the settings the SAM template gives each event source mapping.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::event_source::{invoke_function, Dispatch, EventSource};
+use super::function::LocalFunction;
+use super::function_binary;
+use super::template::Template;
+use super::watch::{InvokeApi, Watch};
+use crate::queue::Queue;
+
+/// How the function binaries run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    /// Under `cargo lambda watch`, invoked through its Lambda Invoke API on this port.
+    Watch { port: u16 },
+    /// Under this crate's Runtime API, one process per function.
+    Emulator,
+}
+
+/// Where an event source sends its batches.
+#[derive(Clone)]
+pub enum Target {
+    Api { api: InvokeApi, function: String },
+    Emulated(Arc<LocalFunction>),
+}
+
+impl Target {
+    pub async fn invoke(&self, event: Value) -> std::result::Result<Value, String> {
+        match self {
+            Target::Api { api, function } => api.invoke(function, &event).await,
+            Target::Emulated(f) => invoke_function(f, event).await,
+        }
+    }
+}
+
+/// Totals over every poll of every queue.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub batches: AtomicU64,
+    pub received: AtomicU64,
+    pub deleted: AtomicU64,
+    pub handed_back: AtomicU64,
+    pub failed_invocations: AtomicU64,
+}
+
+/// Called after every poll that received something.
+pub type OnDispatch = Arc<dyn Fn(Queue, &Dispatch) + Send + Sync>;
+
+pub struct Options {
+    pub runner: Runner,
+    /// The functions' environment (queue URLs, database, AWS endpoint, ...).
+    pub env: BTreeMap<String, String>,
+    pub template: PathBuf,
+    /// Function output goes to `<log_dir>/function-<queue>.log` (`watch.log` under cargo lambda).
+    pub log_dir: PathBuf,
+    /// The queues to feed (all three by default).
+    pub queues: Vec<Queue>,
+}
+
+pub struct LocalSystem {
+    watch: Option<Watch>,
+    pub sources: Vec<(Queue, Target, EventSource)>,
+    pollers: Vec<JoinHandle<()>>,
+    stop: Arc<Notify>,
+    pub totals: Arc<Totals>,
+}
+
+impl LocalSystem {
+    /// Starts the functions and one event source per queue, polling until [`LocalSystem::stop`].
+    pub async fn start(
+        sqs: aws_sdk_sqs::Client,
+        options: Options,
+        on_dispatch: OnDispatch,
+    ) -> Result<LocalSystem> {
+        let template = Template::load(&options.template)?;
+        std::fs::create_dir_all(&options.log_dir)?;
+        let watch = match options.runner {
+            Runner::Watch { port } => {
+                let workspace = options
+                    .template
+                    .canonicalize()?
+                    .parent()
+                    .and_then(Path::parent)
+                    .map(Path::to_path_buf)
+                    .ok_or_else(|| anyhow!("the template is not in <workspace>/infra"))?;
+                Some(
+                    Watch::start(
+                        &workspace,
+                        port,
+                        &options.env,
+                        &options.log_dir.join("watch.log"),
+                    )
+                    .await?,
+                )
+            }
+            Runner::Emulator => None,
+        };
+        let mut sources = Vec::new();
+        for &queue in &options.queues {
+            let definition = template.functions.get(queue.as_str()).ok_or_else(|| {
+                anyhow!(
+                    "{} defines no `{queue}` function",
+                    options.template.display()
+                )
+            })?;
+            let timeout = Duration::from_secs(definition.timeout_secs);
+            let target = match &watch {
+                Some(w) => Target::Api {
+                    // The Invoke API waits for the whole invocation, plus cargo's start of the binary.
+                    api: w.invoker(timeout + Duration::from_secs(60)),
+                    function: queue.as_str().to_owned(),
+                },
+                None => {
+                    let mut env = options.env.clone();
+                    env.extend(definition.environment.clone());
+                    Target::Emulated(Arc::new(
+                        LocalFunction::start(
+                            queue.as_str(),
+                            &function_binary(queue)?,
+                            env,
+                            timeout,
+                            Some(options.log_dir.join(format!("function-{queue}.log"))),
+                        )
+                        .await?,
+                    ))
+                }
+            };
+            let url = options
+                .env
+                .get(&format!("DD_QUEUE_URL_{}", queue.as_str().to_uppercase()))
+                .ok_or_else(|| anyhow!("the environment has no URL for the {queue} queue"))?;
+            let source = EventSource::new(
+                sqs.clone(),
+                url,
+                definition.batch_size,
+                Duration::from_secs(definition.batching_window_secs),
+            )
+            .await?;
+            sources.push((queue, target, source));
+        }
+        let stop = Arc::new(Notify::new());
+        let totals = Arc::new(Totals::default());
+        let pollers = sources
+            .iter()
+            .map(|(queue, target, source)| {
+                let (queue, target, source) = (*queue, target.clone(), source.clone());
+                let (stop, totals, on_dispatch) = (stop.clone(), totals.clone(), on_dispatch.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let poll = source
+                            .poll_once(Duration::from_secs(1), |event| target.invoke(event));
+                        tokio::select! {
+                            _ = stop.notified() => return,
+                            result = poll => match result {
+                                Ok(d) if d.received > 0 => {
+                                    totals.batches.fetch_add(1, Ordering::Relaxed);
+                                    totals.received.fetch_add(d.received as u64, Ordering::Relaxed);
+                                    totals.deleted.fetch_add(d.deleted as u64, Ordering::Relaxed);
+                                    totals.handed_back.fetch_add(d.failed.len() as u64, Ordering::Relaxed);
+                                    if d.invoke_error.is_some() {
+                                        totals.failed_invocations.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    on_dispatch(queue, &d);
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::warn!(%queue, error = format!("{e:#}"), "poll failed");
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Ok(LocalSystem {
+            watch,
+            sources,
+            pollers,
+            stop,
+            totals,
+        })
+    }
+
+    /// The function consuming `queue`, for direct invokes.
+    pub fn target(&self, queue: Queue) -> Option<&Target> {
+        self.sources
+            .iter()
+            .find(|(q, _, _)| *q == queue)
+            .map(|(_, t, _)| t)
+    }
+
+    /// The Invoke API endpoint, when the functions run under `cargo lambda watch`.
+    pub fn invoke_endpoint(&self) -> Option<&str> {
+        self.watch.as_ref().map(|w| w.endpoint.as_str())
+    }
+
+    /// Messages left in the fed queues (visible, in flight and delayed).
+    pub async fn backlog(&self) -> Result<u64> {
+        let mut total = 0;
+        for (_, _, source) in &self.sources {
+            total += source.backlog().await?;
+        }
+        Ok(total)
+    }
+
+    /// Waits until every fed queue is empty, or fails after `timeout`.
+    pub async fn drain(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let backlog = self.backlog().await?;
+            if backlog == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(anyhow!(
+                    "queues still hold {backlog} messages after {timeout:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Stops polling, then the functions.
+    pub async fn stop(self) {
+        self.stop.notify_waiters();
+        for p in self.pollers {
+            p.abort();
+            let _ = p.await;
+        }
+        if let Some(w) = self.watch {
+            w.stop().await;
+        }
+    }
+}
