@@ -95,3 +95,28 @@ pub async fn serve(queue: Queue) -> Result<(), lambda_runtime::Error> {
     }))
     .await
 }
+
+/// Runs the `ops` Lambda function: direct invokes only, each payload an [`OpsRequest`](crate::ops::OpsRequest)
+/// run with the default queue's runtime (the operator tasks live there).
+pub async fn serve_ops() -> Result<(), lambda_runtime::Error> {
+    telemetry::init();
+    let settings = Settings::from_env()?;
+    let aws = aws_config::load_from_env().await;
+    let function_name =
+        std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "dualcaster-ops".into());
+    let ops = match build_with(Queue::Default, settings, &aws, function_name) {
+        Ok(runtime) => crate::ops::Ops::new(runtime, aws_sdk_sqs::Client::new(&aws)),
+        Err(e) => {
+            tracing::error!(error = %e, "cold start failed");
+            return Err(e);
+        }
+    };
+    tracing::info!("ops function ready");
+    let ops = &ops;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let invocation = Invocation::from_lambda(&event.context);
+        let request = crate::ops::parse(event.payload)?;
+        ops.execute(request, invocation).await
+    }))
+    .await
+}

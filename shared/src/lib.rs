@@ -17,6 +17,7 @@ pub mod json_stream;
 pub mod lease;
 pub mod metrics;
 pub mod mtgjson;
+pub mod ops;
 pub mod queue;
 pub mod registry;
 pub mod report;

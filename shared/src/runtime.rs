@@ -163,6 +163,10 @@ impl Runtime {
         &self.registry
     }
 
+    pub fn settings(&self) -> &crate::config::Settings {
+        &self.services.settings
+    }
+
     /// Entry point for any payload: an SQS event (it has `Records`) or a bare envelope (direct invoke).
     pub async fn handle(
         &self,

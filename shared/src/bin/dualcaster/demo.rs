@@ -12,9 +12,9 @@ use serde_json::{json, Map};
 use dualcaster::config::Settings;
 use dualcaster::envelope::Envelope;
 use dualcaster::local::event_source::Dispatch;
-use dualcaster::local::{local_sqs, send_message};
 use dualcaster::local::stub::{Content, StubUpstream};
 use dualcaster::local::system::{LocalSystem, Options, Runner};
+use dualcaster::local::{local_sqs, send_message};
 use dualcaster::queue::Queue;
 use dualcaster::registry::Registry;
 
@@ -388,4 +388,3 @@ pub(crate) async fn demo(
     );
     Ok(())
 }
-

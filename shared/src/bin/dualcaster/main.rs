@@ -15,6 +15,7 @@ mod bench;
 mod bench_analytics;
 mod bench_runtime;
 mod demo;
+mod mcp;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,11 +34,11 @@ use dualcaster::envelope::Envelope;
 use dualcaster::lease::dynamo::DynamoLeaseStore;
 use dualcaster::local::event_source::Dispatch;
 use dualcaster::local::system::{LocalSystem, Options, Runner};
-use dualcaster::local::watch::InvokeApi;
 use dualcaster::local::template::{provision, provision_rules, Template};
+use dualcaster::local::watch::InvokeApi;
 use dualcaster::local::{
-    load_env_file, local_aws, local_aws_defaults, local_dynamodb, local_events,
-    local_sqs, send_message,
+    load_env_file, local_aws, local_aws_defaults, local_dynamodb, local_events, local_sqs,
+    send_message,
 };
 use dualcaster::queue::Queue;
 use dualcaster::registry::Registry;
@@ -96,6 +97,18 @@ enum Command {
         #[arg(long)]
         endpoint: Option<String>,
     },
+    /// Run an operator action (the `ops` function's payload) and print its report: in this process, or
+    /// with --endpoint through the Lambda Invoke API of the `ops` function. E.g.
+    /// `dualcaster ops '{"action":"dlq_stats","peek":3}'`; actions: dlq_stats, redrive, purge, schedules,
+    /// leases, release_lease, trigger.
+    Ops {
+        request: String,
+        /// A Lambda Invoke API endpoint, e.g. http://127.0.0.1:9000.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Serve the operator actions as MCP tools on stdin/stdout (for operators' assistants).
+    Mcp,
     /// The whole system on this machine until Ctrl-C: provision the queues and schedules, run the
     /// functions under `cargo lambda watch` and feed each from its queue as the event source mapping does.
     Run {
@@ -273,7 +286,9 @@ async fn main() -> Result<()> {
             id,
             endpoint: Some(endpoint),
         } => {
-            let queue = Registry::builtin().route(&task).map_err(|e| anyhow!("{e}"))?;
+            let queue = Registry::builtin()
+                .route(&task)
+                .map_err(|e| anyhow!("{e}"))?;
             let mut envelope = Envelope::new(task, parse_kwargs(&kwargs)?);
             envelope.id = id;
             let api = InvokeApi::new(&endpoint, Duration::from_secs(960));
@@ -314,6 +329,31 @@ async fn main() -> Result<()> {
                 Err(e) => bail!("{}: {}", e.error_type, e.message),
             }
         }
+        Command::Ops { request, endpoint } => {
+            let payload: Value =
+                serde_json::from_str(&request).context("the request must be a JSON object")?;
+            let result = match endpoint {
+                Some(endpoint) => InvokeApi::new(&endpoint, Duration::from_secs(960))
+                    .invoke("ops", &payload)
+                    .await
+                    .map_err(|e| anyhow!("{e}")),
+                None => {
+                    let request = dualcaster::ops::parse(payload)
+                        .map_err(|e| anyhow!("{}: {}", e.error_type, e.message))?;
+                    local_ops()
+                        .await?
+                        .execute(
+                            request,
+                            Invocation::with_timeout("cli", Duration::from_secs(900)),
+                        )
+                        .await
+                        .map_err(|e| anyhow!("{}: {}", e.error_type, e.message))
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&result?)?);
+            Ok(())
+        }
+        Command::Mcp => mcp::serve(local_ops().await?).await,
         Command::BenchLeases { rounds } => bench_leases(rounds).await,
         Command::BenchIngest {
             cards,
@@ -438,6 +478,14 @@ async fn local_runtime(queue: Queue) -> Result<Runtime> {
         format!("dualcaster-cli-{queue}"),
     )
     .map_err(|e| anyhow!("{e}"))
+}
+
+/// The operator actions, run in this process as the `ops` function runs them.
+async fn local_ops() -> Result<dualcaster::ops::Ops> {
+    Ok(dualcaster::ops::Ops::new(
+        local_runtime(Queue::Default).await?,
+        local_sqs().await,
+    ))
 }
 
 fn runner(emulator: bool, port: u16) -> Runner {
