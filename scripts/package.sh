@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-FUNCTIONS=(ingestion analytics default)
+FUNCTIONS=(ingestion analytics default ops)
 MAX_ZIP_BYTES=$((8 * 1000 * 1000))
 want="${1:-all}"
 

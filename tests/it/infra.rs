@@ -391,7 +391,12 @@ fn sam_build_builds_every_function() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    for function in ["IngestionFunction", "AnalyticsFunction", "DefaultFunction"] {
+    for function in [
+        "IngestionFunction",
+        "AnalyticsFunction",
+        "DefaultFunction",
+        "OpsFunction",
+    ] {
         let bootstrap = build_dir.join(function).join("bootstrap");
         let meta = std::fs::metadata(&bootstrap)
             .unwrap_or_else(|e| panic!("{}: {e}", bootstrap.display()));

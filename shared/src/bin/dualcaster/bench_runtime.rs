@@ -209,8 +209,8 @@ pub async fn bench_runtime(
     println!("zip sizes (cargo lambda build --release --output-format zip):");
     let mut any = false;
     for dir in zip_dirs {
-        for queue in Queue::ALL {
-            let zip = dir.join(queue.as_str()).join("bootstrap.zip");
+        for function in Queue::ALL.iter().map(|q| q.as_str()).chain(["ops"]) {
+            let zip = dir.join(function).join("bootstrap.zip");
             if let Ok(meta) = std::fs::metadata(&zip) {
                 any = true;
                 println!(
