@@ -228,7 +228,7 @@ pub fn schedules(
             "task": spec.name,
             "queue": spec.queue,
             "expression": schedule.expression,
-            "kwargs": serde_json::from_str::<Value>(&schedule.kwargs)
+            "kwargs": serde_json::from_str::<Value>(schedule.kwargs)
                 .unwrap_or_else(|_| Value::String(schedule.kwargs.to_string())),
             "enabled": schedule.enabled,
             "why": schedule.why.split_whitespace().collect::<Vec<_>>().join(" "),

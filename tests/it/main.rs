@@ -8,6 +8,7 @@ mod faults;
 mod infra;
 mod ingestion;
 mod leases;
+mod local_system;
 mod mtgjson;
 mod operations;
 mod secrets;

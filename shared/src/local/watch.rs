@@ -15,14 +15,14 @@ use tokio::process::{Child, Command};
 /// Where `scripts/stack.sh tools` installs cargo-lambda, when it is not on the PATH.
 const TOOLS_BIN: &str = ".local/venv-tools/bin";
 
-/// The `cargo-lambda` executable: on the PATH, or in the project's tools venv.
-pub fn cargo_lambda() -> Result<PathBuf> {
+/// The `cargo-lambda` executable: on the PATH, or in the tools venv of the workspace at `workspace`.
+pub fn cargo_lambda(workspace: &Path) -> Result<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
     on_path
         .into_iter()
-        .chain([PathBuf::from(TOOLS_BIN)])
+        .chain([workspace.join(TOOLS_BIN)])
         .map(|dir| dir.join("cargo-lambda"))
         .find(|p| p.is_file())
         .ok_or_else(|| {
@@ -58,7 +58,19 @@ impl Watch {
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let mut child = Command::new(cargo_lambda()?)
+        let mut command = Command::new(cargo_lambda(workspace)?);
+        // Variables cargo sets for the process that started this one (`cargo test`, `cargo run`) would
+        // change the fingerprints of the `cargo run` that starts each function, and rebuild it.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_")
+                && !matches!(key.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR")
+                && !key.starts_with("CARGO_LAMBDA_")
+            {
+                command.env_remove(key.as_ref());
+            }
+        }
+        let mut child = command
             .args(["lambda", "watch", "--ignore-changes", "--quiet"])
             .args(["--invoke-address", "127.0.0.1"])
             .args(["--invoke-port", &port.to_string()])
