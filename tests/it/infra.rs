@@ -371,6 +371,14 @@ fn sam_build_builds_every_function() {
         repo().join(".local/venv-tools/bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // Without the variables `cargo test` sets for its tests, which would change the fingerprints of
+    // cargo-lambda's release build and rebuild it from scratch.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("CARGO_") && !matches!(key.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR") {
+            cmd.env_remove(key);
+        }
+    }
     cmd.env("PATH", path).args([
         "build",
         "--template",
