@@ -5,7 +5,7 @@ CLI := ./target/debug/dualcaster
 KWARGS ?= {}
 comma := ,
 
-.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics bench-runtime package dlq-report redrive purge-dlq
+.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics bench-runtime package dlq-report redrive purge-dlq bench-event-source run mcp ops
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -29,6 +29,15 @@ build: ## Build the function binaries and the CLI (debug)
 
 migrate: build ## Apply the migrations to DATABASE_URL (default: the local database)
 	DATABASE_URL=$${DATABASE_URL:-postgresql://app:app@127.0.0.1:5432/app} $(CLI) migrate
+
+run: setup ## The whole system here until Ctrl-C: functions under cargo lambda watch (Invoke API :9000), fed from their queues, schedules firing
+	DATABASE_URL=$${DATABASE_URL:-postgresql://app:app@127.0.0.1:5432/app} $(CLI) run
+
+ops: provision ## An operator action (the ops function's payload): make ops REQUEST='{"action":"schedules"}' [ENDPOINT=http://127.0.0.1:9000]
+	$(CLI) ops '$(REQUEST)' $(if $(ENDPOINT),--endpoint $(ENDPOINT))
+
+mcp: build ## The operators' MCP server on stdio (for an assistant's MCP client configuration)
+	@$(CLI) mcp
 
 demo: setup ## The main job: the whole system on this machine, end to end
 	DATABASE_URL=$${DATABASE_URL:-postgresql://app:app@127.0.0.1:5432/app} $(CLI) demo
@@ -58,18 +67,18 @@ tasks: build ## List registered tasks, their queues and retry policies
 provision: build ## Create the template's queues in LocalStack and write .local/stack.env
 	$(CLI) provision
 
-trigger-%: provision ## Enqueue a task on its queue: make trigger-ping KWARGS='{"note":"hi"}'
-	$(CLI) enqueue $* --kwargs '$(KWARGS)'
+trigger-%: provision ## Enqueue a task on its queue: make trigger-ping KWARGS='{"note":"hi"}' (DIRECT=1: invoke its function through the Invoke API of `make run`)
+	$(if $(DIRECT),$(CLI) invoke $* --kwargs '$(KWARGS)' --endpoint $(or $(ENDPOINT),http://127.0.0.1:9000),$(CLI) enqueue $* --kwargs '$(KWARGS)')
 
 invoke-%: provision ## Run a task here and print its report: make invoke-dlq_report KWARGS='{"peek":3}'
 	$(CLI) invoke $* --kwargs '$(KWARGS)'
 
 leases: provision ## List held single-instance leases (KIND=idempotency for delivery records)
-	$(CLI) invoke leases --kwargs '{"action":"list","kind":"$(or $(KIND),run)"}'
+	$(CLI) ops '{"action":"leases","kind":"$(or $(KIND),run)"}'
 
 release-lease: provision ## Force-release a lease: make release-lease KEY=run:dlq_report REASON='why'
 	@test -n "$(KEY)" && test -n "$(REASON)" || { echo "usage: make release-lease KEY=<key> REASON=<why>"; exit 2; }
-	$(CLI) invoke leases --kwargs '{"action":"release","key":"$(KEY)","reason":"$(REASON)"}'
+	$(CLI) ops '{"action":"release_lease","key":"$(KEY)","reason":"$(REASON)"}'
 
 bench-leases: provision ## Lease acquire/renew/release latency against LocalStack (median, p95)
 	$(CLI) bench-leases --rounds $(or $(ROUNDS),300)
@@ -85,6 +94,11 @@ schedules: build ## List every schedule with its next fire times: make schedules
 
 package: ## Release zips of every function (cargo-lambda): target/lambda/{x86_64,arm64}/<function>/bootstrap.zip
 	bash scripts/package.sh $(or $(ARCH),all)
+
+bench-event-source: stack-up ## Local event source throughput (noop tasks) vs LocalStack's raw receive+delete rate: MESSAGES=2000
+	$(CARGO) build --profile profiling --workspace --bins
+	./target/profiling/dualcaster migrate
+	./target/profiling/dualcaster bench-event-source --messages $(or $(MESSAGES),2000)
 
 bench-runtime: ## Function start-up (median, p95), zip sizes, runtime work per message (builds the x86_64 zips)
 	bash scripts/package.sh x86_64
@@ -102,11 +116,11 @@ bench-analytics: stack-up ## Metrics + signals, full and incremental, vs one seq
 	./target/profiling/dualcaster bench-analytics --printings $(or $(PRINTINGS),100000) --days $(or $(DAYS),365)
 
 dlq-report: provision ## Dead letters per queue: depth, counts by task and error class, the latest ones
-	$(CLI) invoke dlq_report --kwargs '{"peek":$(or $(PEEK),5)}'
+	$(CLI) ops '{"action":"dlq_stats","peek":$(or $(PEEK),5)}'
 
-redrive: provision ## Replay a DLQ (dry run unless DRY_RUN=false): make redrive QUEUE=default [TASK=ping] [CLASS=database_unavailable]
+redrive: provision ## Replay a DLQ (dry run unless DRY_RUN=false): make redrive QUEUE=default [TASK=ping] [CLASS=database_unavailable] [AFTER=2026-11-26T00:00:00Z]
 	@test -n "$(QUEUE)" || { echo "usage: make redrive QUEUE=<ingestion|analytics|default> [TASK=..] [CLASS=..] [DRY_RUN=false]"; exit 2; }
-	$(CLI) invoke dlq_redrive --kwargs '{"queue":"$(QUEUE)","dry_run":$(or $(DRY_RUN),true)$(if $(TASK),$(comma)"task":"$(TASK)")$(if $(CLASS),$(comma)"error_class":"$(CLASS)")}'
+	$(CLI) ops '{"action":"redrive","queue":"$(QUEUE)","dry_run":$(or $(DRY_RUN),true)$(if $(TASK),$(comma)"task":"$(TASK)")$(if $(CLASS),$(comma)"error_class":"$(CLASS)")$(if $(AFTER),$(comma)"failed_after":"$(AFTER)")}'
 
 purge-dlq: provision ## Empty a DLQ: make purge-dlq QUEUE=default CONFIRM='purge default-dlq'
-	$(CLI) invoke dlq_purge --kwargs '{"queue":"$(QUEUE)","confirm":"$(CONFIRM)"}'
+	$(CLI) ops '{"action":"purge","queue":"$(QUEUE)","confirm":"$(CONFIRM)"}'

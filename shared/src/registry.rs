@@ -383,6 +383,7 @@ mod tests {
                 "ingest_mtgjson_prices",
                 "ingest_scryfall_bulk",
                 "leases",
+                "noop",
                 "ping",
                 "prune_price_history"
             ]
@@ -469,7 +470,7 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Permanent);
         assert!(
             err.message().contains(
-                "registered: compute_price_metrics, detect_price_signals, dlq_purge, dlq_redrive, dlq_report, generate_recommendations, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, ping, prune_price_history"
+                "registered: compute_price_metrics, detect_price_signals, dlq_purge, dlq_redrive, dlq_report, generate_recommendations, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, noop, ping, prune_price_history"
             ),
             "{}",
             err.message()

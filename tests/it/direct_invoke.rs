@@ -75,7 +75,7 @@ async fn a_bare_envelope_runs_synchronously_and_returns_its_report() {
         (
             json!({"task": "ingest_everything_now"}),
             "unknown_task",
-            "registered: compute_price_metrics, detect_price_signals, dlq_purge, dlq_redrive, dlq_report, generate_recommendations, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, ping, prune_price_history",
+            "registered: compute_price_metrics, detect_price_signals, dlq_purge, dlq_redrive, dlq_report, generate_recommendations, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, noop, ping, prune_price_history",
         ),
         (
             json!({"task": "ping", "kwargs": {"drill": "permanent"}}),

@@ -34,6 +34,7 @@ async fn watch(stack: &TestStack) -> Watch {
         free_port(),
         &stack.function_env(),
         &log_dir.join(format!("{}-watch.log", stack.name)),
+        None,
     )
     .await
     .unwrap()

@@ -67,6 +67,8 @@ pub struct Options {
     pub log_dir: PathBuf,
     /// The queues to feed (all three by default).
     pub queues: Vec<Queue>,
+    /// Cargo profile of the functions under `cargo lambda watch` (default: dev).
+    pub profile: Option<String>,
 }
 
 pub struct LocalSystem {
@@ -101,6 +103,7 @@ impl LocalSystem {
                         port,
                         &options.env,
                         &options.log_dir.join("watch.log"),
+                        options.profile.as_deref(),
                     )
                     .await?,
                 )

@@ -39,12 +39,14 @@ pub struct Watch {
 
 impl Watch {
     /// Starts `cargo lambda watch` on 127.0.0.1:`port` in the workspace at `workspace`, with `env` added to
-    /// the functions' environment, and waits until the Invoke API answers. Output goes to `log`.
+    /// the functions' environment, and waits until the Invoke API answers. Output goes to `log`. The
+    /// functions are built with cargo's `profile` (default: dev).
     pub async fn start(
         workspace: &Path,
         port: u16,
         env: &BTreeMap<String, String>,
         log: &Path,
+        profile: Option<&str>,
     ) -> Result<Watch> {
         let endpoint = format!("http://127.0.0.1:{port}");
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -74,6 +76,7 @@ impl Watch {
             .args(["lambda", "watch", "--ignore-changes", "--quiet"])
             .args(["--invoke-address", "127.0.0.1"])
             .args(["--invoke-port", &port.to_string()])
+            .args(profile.map(|p| ["--profile", p]).into_iter().flatten())
             .current_dir(workspace)
             .envs(env)
             .stdin(Stdio::null())

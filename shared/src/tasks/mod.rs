@@ -16,6 +16,7 @@ macro_rules! tasks {
 
 tasks! {
     ping::Ping,
+    noop::Noop,
     dlq_report::DlqReport,
     dlq_redrive::DlqRedrive,
     dlq_purge::DlqPurge,

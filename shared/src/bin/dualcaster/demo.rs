@@ -108,6 +108,7 @@ pub(crate) async fn demo(
             template: template.to_owned(),
             log_dir: PathBuf::from(".local/logs"),
             queues: Queue::ALL.to_vec(),
+            profile: None,
         },
         Arc::new(|queue, d: &Dispatch| {
             println!(

@@ -13,6 +13,7 @@
 
 mod bench;
 mod bench_analytics;
+mod bench_event_source;
 mod bench_runtime;
 mod demo;
 mod mcp;
@@ -180,6 +181,17 @@ enum Command {
         /// Batches of ten no-op messages.
         #[arg(long, default_value_t = 2000)]
         batches: usize,
+    },
+    /// Throughput of the local event source (noop tasks through the real default function) against the
+    /// raw ReceiveMessage + DeleteMessageBatch rate of LocalStack, in one run.
+    BenchEventSource {
+        #[arg(long, default_value = "infra/template.yaml")]
+        template: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        /// The Invoke API port of `cargo lambda watch`.
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
     },
     /// Measure lease operations against the lease table (DD_LEASE_TABLE) and the in-memory store.
     BenchLeases {
@@ -355,6 +367,11 @@ async fn main() -> Result<()> {
         }
         Command::Mcp => mcp::serve(local_ops().await?).await,
         Command::BenchLeases { rounds } => bench_leases(rounds).await,
+        Command::BenchEventSource {
+            template,
+            messages,
+            port,
+        } => bench_event_source::bench_event_source(&template, messages, port).await,
         Command::BenchIngest {
             cards,
             sample,
@@ -512,6 +529,7 @@ async fn run(stack: &str, template: &Path, runner: Runner, seconds: Option<u64>)
             template: template.to_owned(),
             log_dir: PathBuf::from(".local/logs"),
             queues: Queue::ALL.to_vec(),
+            profile: None,
         },
         Arc::new(|queue, d: &Dispatch| {
             println!(
@@ -530,7 +548,7 @@ async fn run(stack: &str, template: &Path, runner: Runner, seconds: Option<u64>)
     .await?;
     match system.invoke_endpoint() {
         Some(endpoint) => println!(
-            "functions under `cargo lambda watch`: Invoke API {endpoint} (function names: ingestion, analytics, default); logs in .local/logs/watch.log"
+            "functions under `cargo lambda watch`: Invoke API {endpoint} (functions: ingestion, analytics, default, ops); logs in .local/logs/watch.log"
         ),
         None => println!("functions under the built-in Runtime API; logs in .local/logs/function-<queue>.log"),
     }
