@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use serde_json::Value;
-use tokio::sync::Notify;
+
 use tokio::task::JoinHandle;
 
 use super::event_source::{invoke_function, Dispatch, EventSource};
@@ -75,7 +75,7 @@ pub struct LocalSystem {
     watch: Option<Watch>,
     pub sources: Vec<(Queue, Target, EventSource)>,
     pollers: Vec<JoinHandle<()>>,
-    stop: Arc<Notify>,
+    stop: Arc<AtomicBool>,
     pub totals: Arc<Totals>,
 }
 
@@ -153,35 +153,41 @@ impl LocalSystem {
             .await?;
             sources.push((queue, target, source));
         }
-        let stop = Arc::new(Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
         let totals = Arc::new(Totals::default());
         let pollers = sources
             .iter()
             .map(|(queue, target, source)| {
                 let (queue, target, source) = (*queue, target.clone(), source.clone());
-                let (stop, totals, on_dispatch) = (stop.clone(), totals.clone(), on_dispatch.clone());
+                let (stop, totals, on_dispatch) =
+                    (stop.clone(), totals.clone(), on_dispatch.clone());
                 tokio::spawn(async move {
-                    loop {
-                        let poll = source
-                            .poll_once(Duration::from_secs(1), |event| target.invoke(event));
-                        tokio::select! {
-                            _ = stop.notified() => return,
-                            result = poll => match result {
-                                Ok(d) if d.received > 0 => {
-                                    totals.batches.fetch_add(1, Ordering::Relaxed);
-                                    totals.received.fetch_add(d.received as u64, Ordering::Relaxed);
-                                    totals.deleted.fetch_add(d.deleted as u64, Ordering::Relaxed);
-                                    totals.handed_back.fetch_add(d.failed.len() as u64, Ordering::Relaxed);
-                                    if d.invoke_error.is_some() {
-                                        totals.failed_invocations.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                    on_dispatch(queue, &d);
+                    // A poll is never abandoned half-way: a dropped long poll can still be handed messages,
+                    // which would then sit invisible for the whole visibility timeout.
+                    while !stop.load(Ordering::Acquire) {
+                        let poll =
+                            source.poll_once(Duration::from_secs(1), |event| target.invoke(event));
+                        match poll.await {
+                            Ok(d) if d.received > 0 => {
+                                totals.batches.fetch_add(1, Ordering::Relaxed);
+                                totals
+                                    .received
+                                    .fetch_add(d.received as u64, Ordering::Relaxed);
+                                totals
+                                    .deleted
+                                    .fetch_add(d.deleted as u64, Ordering::Relaxed);
+                                totals
+                                    .handed_back
+                                    .fetch_add(d.failed.len() as u64, Ordering::Relaxed);
+                                if d.invoke_error.is_some() {
+                                    totals.failed_invocations.fetch_add(1, Ordering::Relaxed);
                                 }
-                                Ok(_) => {}
-                                Err(e) => {
-                                    tracing::warn!(%queue, error = format!("{e:#}"), "poll failed");
-                                    tokio::time::sleep(Duration::from_secs(1)).await;
-                                }
+                                on_dispatch(queue, &d);
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(%queue, error = format!("{e:#}"), "poll failed");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
                             }
                         }
                     }
@@ -236,11 +242,10 @@ impl LocalSystem {
         }
     }
 
-    /// Stops polling, then the functions.
+    /// Stops polling once each poller's current poll is done (its batch dispatched), then the functions.
     pub async fn stop(self) {
-        self.stop.notify_waiters();
+        self.stop.store(true, Ordering::Release);
         for p in self.pollers {
-            p.abort();
             let _ = p.await;
         }
         if let Some(w) = self.watch {

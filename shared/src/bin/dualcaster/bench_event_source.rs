@@ -127,6 +127,7 @@ async fn through_event_source(
         .invoke(json!({"task": "noop", "kwargs": {"label": "warm-up"}}))
         .await
         .map_err(|e| anyhow!("warm-up invoke: {e}"))?;
+    eprintln!("  warm-up invoke done");
     let url = &env["DD_QUEUE_URL_DEFAULT"];
     let bodies = (0..n)
         .map(|i| {
@@ -141,6 +142,7 @@ async fn through_event_source(
         bail!("the default queue was not empty");
     }
     fill(sqs, url, bodies).await?;
+    eprintln!("  {n} noop messages sent; draining");
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600);
     while (totals.deleted.load(Ordering::Relaxed) as usize) < n {
@@ -183,7 +185,10 @@ pub async fn bench_event_source(template_path: &Path, messages: usize, port: u16
             .unwrap_or_else(|_| "postgresql://app:app@127.0.0.1:5432/app".into()),
     );
     env.insert("DD_METRICS_DISABLED".into(), "1".into());
-    env.insert("RUST_LOG".into(), "warn".into());
+    env.insert(
+        "RUST_LOG".into(),
+        std::env::var("BENCH_LOG").unwrap_or("warn".into()),
+    );
     // The functions of the same build as this command (`make bench-event-source` builds `profiling`).
     let profile = std::env::current_exe()?
         .parent()
@@ -195,6 +200,7 @@ pub async fn bench_event_source(template_path: &Path, messages: usize, port: u16
         let bodies: Vec<String> = (0..messages).map(|i| format!("raw-{i}")).collect();
         fill(&sqs, &url, bodies).await?;
         let raw = raw_receive_delete(&sqs, &url, messages).await?;
+        eprintln!("raw receive + delete: {raw:.0} msg/s");
         let watch = through_event_source(
             &sqs,
             &env,
@@ -204,6 +210,7 @@ pub async fn bench_event_source(template_path: &Path, messages: usize, port: u16
             messages,
         )
         .await?;
+        eprintln!("event source, cargo lambda watch: {watch:.0} msg/s");
         let emulated = through_event_source(
             &sqs,
             &env,
