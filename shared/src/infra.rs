@@ -569,7 +569,9 @@ mod tests {
                 "DefaultFunction",
                 "DefaultFunctionLogs",
                 "IngestionFunction",
-                "IngestionFunctionLogs"
+                "IngestionFunctionLogs",
+                "OpsFunction",
+                "OpsFunctionLogs"
             ]
         );
         let doc: Value = serde_norway::from_str(&plain).unwrap();
