@@ -101,9 +101,13 @@ impl Envelope {
                 }
             }
         }
-        let envelope: Envelope = serde_json::from_value(Value::Object(map)).map_err(|e| {
-            TaskError::permanent(class::MALFORMED_MESSAGE, format!("invalid envelope: {e}"))
-        })?;
+        let envelope: Envelope =
+            serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
+                TaskError::permanent(
+                    class::MALFORMED_MESSAGE,
+                    format!("invalid envelope: {}", crate::registry::path_error(&e)),
+                )
+            })?;
         envelope.check()?;
         Ok(envelope)
     }

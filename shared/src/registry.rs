@@ -174,9 +174,24 @@ impl TaskSpec {
     }
 }
 
+/// `field: error`, or the error alone when it is about the whole object (an unknown or missing field).
+pub(crate) fn path_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = e.inner().to_string();
+    match e.path().to_string().as_str() {
+        // An unknown field names itself.
+        _ if inner.starts_with("unknown field") => inner,
+        "." | "" => inner,
+        path => format!("{path}: {inner}"),
+    }
+}
+
 fn parse_args<T: Task>(kwargs: Map<String, Value>) -> Result<T::Args, TaskError> {
-    let args: T::Args = serde_json::from_value(Value::Object(kwargs)).map_err(|e| {
-        TaskError::permanent(class::INVALID_KWARGS, format!("task `{}`: {e}", T::NAME))
+    // The path names the argument at fault (`work_ms: invalid value: integer -1, expected u32`).
+    let args: T::Args = serde_path_to_error::deserialize(Value::Object(kwargs)).map_err(|e| {
+        TaskError::permanent(
+            class::INVALID_KWARGS,
+            format!("task `{}`: {}", T::NAME, path_error(&e)),
+        )
     })?;
     garde::Validate::validate(&args).map_err(|report| {
         let problems: Vec<String> = report

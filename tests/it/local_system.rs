@@ -98,11 +98,19 @@ async fn under_cargo_lambda_watch_the_event_source_deletes_successes_and_leaves_
         )
         .await
         .unwrap();
+    // A permanent failure: dead-lettered by the function, so deleted from the queue.
+    stack
+        .send(
+            Queue::Default,
+            &ping("watch-doomed", json!({"drill": "permanent"})),
+        )
+        .await
+        .unwrap();
 
     let mut received = 0;
     let mut deleted = 0;
     let mut failed = Vec::new();
-    while received < 3 {
+    while received < 4 {
         let d = source
             .poll_once(Duration::from_secs(5), |event| {
                 let api = api.clone();
@@ -115,9 +123,25 @@ async fn under_cargo_lambda_watch_the_event_source_deletes_successes_and_leaves_
         deleted += d.deleted;
         failed.extend(d.failed);
     }
-    assert_eq!((received, deleted), (3, 2));
+    assert_eq!((received, deleted), (4, 3));
     assert_eq!(failed, vec![failing.clone()]);
     assert_eq!(heartbeats(&stack).await, ["watch-ok-1", "watch-ok-2"]);
+    // The ops function finds it in the DLQ with its task and error class.
+    let stats = api
+        .invoke(
+            "ops",
+            &json!({"action": "dlq_stats", "queues": ["default"], "peek": 1}),
+        )
+        .await
+        .unwrap();
+    let q = &stats["detail"]["queues"][0];
+    assert_eq!(q["depth"], 1, "{stats}");
+    assert_eq!(q["by_task"], json!({"ping": 1}));
+    assert_eq!(q["by_error_class"], json!({"task_failed": 1}));
+    assert_eq!(
+        q["recent"][0]["dead_letter"]["error_message"],
+        "drill: permanent failure"
+    );
 
     // The failure was left on the queue: it comes back after its backoff, received a second time.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

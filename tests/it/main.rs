@@ -2,6 +2,7 @@
 //! Start the stack first: `make stack-up` (the `make test` target does it).
 
 mod analytics;
+mod bad_input;
 mod batches;
 mod direct_invoke;
 mod faults;
