@@ -5,7 +5,7 @@ CLI := ./target/debug/dualcaster
 KWARGS ?= {}
 comma := ,
 
-.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics bench-runtime package dlq-report redrive purge-dlq bench-event-source run mcp ops
+.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics bench-runtime package dlq-report redrive purge-dlq bench-event-source run mcp ops fuzz bench-load
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -95,10 +95,18 @@ schedules: build ## List every schedule with its next fire times: make schedules
 package: ## Release zips of every function (cargo-lambda): target/lambda/{x86_64,arm64}/<function>/bootstrap.zip
 	bash scripts/package.sh $(or $(ARCH),all)
 
+fuzz: ## Fuzz the envelope parser, SQS event handling and the cron evaluator (nightly; FUZZ_SECONDS=300 per target); the corpus in fuzz/corpus grows and is kept
+	bash scripts/fuzz.sh $(or $(FUZZ_SECONDS),300)
+
 bench-event-source: stack-up ## Local event source throughput (noop tasks) vs LocalStack's raw receive+delete rate: MESSAGES=2000
 	$(CARGO) build --profile profiling --workspace --bins
 	./target/profiling/dualcaster migrate
 	./target/profiling/dualcaster bench-event-source --messages $(or $(MESSAGES),2000)
+
+bench-load: stack-up ## 10,000 messages of a realistic mix through the local event source: throughput, latency, retries, lost = 0, RSS and sockets over the run (MESSAGES, RATE)
+	$(CARGO) build --profile profiling --workspace --bins
+	./target/profiling/dualcaster migrate
+	./target/profiling/dualcaster bench-load --messages $(or $(MESSAGES),10000) --rate $(or $(RATE),200)
 
 bench-runtime: ## Function start-up (median, p95), zip sizes, runtime work per message (builds the x86_64 zips)
 	bash scripts/package.sh x86_64

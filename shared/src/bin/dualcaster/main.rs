@@ -14,6 +14,7 @@
 mod bench;
 mod bench_analytics;
 mod bench_event_source;
+mod bench_load;
 mod bench_runtime;
 mod demo;
 mod mcp;
@@ -193,6 +194,17 @@ enum Command {
         #[arg(long, default_value_t = 9000)]
         port: u16,
     },
+    /// A sustained run of a realistic task mix through the local event source and the real default
+    /// function: throughput, task latency, retries, nothing lost, the function's memory and sockets.
+    BenchLoad {
+        #[arg(long, default_value = "infra/template.yaml")]
+        template: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Messages sent per second.
+        #[arg(long, default_value_t = 200)]
+        rate: usize,
+    },
     /// Measure lease operations against the lease table (DD_LEASE_TABLE) and the in-memory store.
     BenchLeases {
         #[arg(long, default_value_t = 300)]
@@ -367,6 +379,11 @@ async fn main() -> Result<()> {
         }
         Command::Mcp => mcp::serve(local_ops().await?).await,
         Command::BenchLeases { rounds } => bench_leases(rounds).await,
+        Command::BenchLoad {
+            template,
+            messages,
+            rate,
+        } => bench_load::bench_load(&template, messages, rate).await,
         Command::BenchEventSource {
             template,
             messages,
