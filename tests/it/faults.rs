@@ -106,3 +106,55 @@ async fn killing_the_function_mid_batch_loses_nothing_and_duplicates_nothing() {
     );
     stack.cleanup().await;
 }
+
+/// Every message delivered twice (as SQS's at-least-once delivery may): each effect lands once, and the
+/// second delivery is answered from the first one's idempotency record.
+#[tokio::test]
+async fn every_message_delivered_twice_lands_once() {
+    const MESSAGES: usize = 30;
+    let stack = TestStack::start().await.unwrap();
+    let function = stack
+        .function(Queue::Default, &[("DD_CONCURRENCY", "4")])
+        .await
+        .unwrap();
+    let source = stack.event_source(Queue::Default, 10).await.unwrap();
+    let keys: BTreeSet<String> = (0..MESSAGES).map(|i| format!("twice-{i:02}")).collect();
+    // Both copies in the queue at once, so some pairs meet in one batch and run side by side.
+    for key in &keys {
+        for _ in 0..2 {
+            stack
+                .send(Queue::Default, &ping(key, json!({"work_ms": 20})))
+                .await
+                .unwrap();
+        }
+    }
+    stack
+        .drain(&source, &function, Duration::from_secs(120))
+        .await
+        .unwrap();
+
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT check_key FROM health_checks ORDER BY check_key")
+            .fetch_all(&stack.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded.into_iter().collect::<BTreeSet<_>>(), keys);
+    let (first, suppressed, retried): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'succeeded' AND NOT replayed AND detail->>'recorded' = 'true'), \
+                count(*) FILTER (WHERE status = 'succeeded' AND (replayed OR detail->>'recorded' = 'false')), \
+                count(*) FILTER (WHERE disposition = 'retry_scheduled') \
+         FROM task_runs WHERE task = 'ping'",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    assert_eq!(first, MESSAGES as i64, "one effective run per message");
+    assert_eq!(stack.depth(stack.dlq_url(Queue::Default)).await.unwrap(), 0);
+    // A copy that met its twin in progress is retried, then answered from the record.
+    assert_eq!(suppressed, MESSAGES as i64, "every second copy suppressed");
+    println!(
+        "duplicate delivery: sent {}, processed {first}, retried {retried}, dead-lettered 0, duplicates suppressed {suppressed}, lost 0",
+        2 * MESSAGES
+    );
+    stack.cleanup().await;
+}
