@@ -168,6 +168,17 @@ mod tests {
     use crate::error::ErrorKind;
     use serde_json::json;
 
+    #[test]
+    fn arguments_survive_being_sent_again_digit_for_digit() {
+        // Found by the envelope fuzz target: without exact float parsing, re-serialising an envelope (a
+        // follow-up, a continuation) changed the last digit of this number.
+        let body = r#"{"task":"p","kwargs":{"x":-1.3333333333333333e+175,"y":0.1,"z":-0.0}}"#;
+        let once = Envelope::parse(body).unwrap().to_json();
+        let twice = Envelope::parse(&once).unwrap().to_json();
+        assert_eq!(once, twice);
+        assert!(once.contains("-1.3333333333333333e+175"), "{once}");
+    }
+
     fn class_of(body: &str) -> String {
         let err = Envelope::parse(body).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Permanent, "{body}: {err}");
