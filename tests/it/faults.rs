@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use dualcaster::lease::LeaseStore;
 use dualcaster::local::event_source::invoke_function;
 use dualcaster::queue::Queue;
 use integration_tests::{ping, TestStack};
@@ -155,6 +156,100 @@ async fn every_message_delivered_twice_lands_once() {
     println!(
         "duplicate delivery: sent {}, processed {first}, retried {retried}, dead-lettered 0, duplicates suppressed {suppressed}, lost 0",
         2 * MESSAGES
+    );
+    stack.cleanup().await;
+}
+
+/// status, started_at, finished_at, reason
+type RunSpan = (
+    String,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+    Option<String>,
+);
+
+/// A single-instance schedule fired twelve times at once (twelve firings, three function processes running
+/// four records each): the runs never overlap, every firing is acknowledged (run or skipped with the
+/// holder named), and no lease is left behind.
+#[tokio::test]
+async fn a_single_instance_schedule_fired_many_times_at_once_never_overlaps() {
+    const FIRINGS: usize = 12;
+    let stack = TestStack::start().await.unwrap();
+    crate::leases::fill_dlq(&stack, 300).await;
+    let mut functions = Vec::new();
+    for _ in 0..3 {
+        functions.push(
+            stack
+                .function(Queue::Default, &[("DD_CONCURRENCY", "4")])
+                .await
+                .unwrap(),
+        );
+    }
+    let source = stack.event_source(Queue::Default, 4).await.unwrap();
+    for i in 0..FIRINGS {
+        // As the hourly rule sends it, each firing with its own time.
+        let fire = json!({"v": 1, "task": "dlq_report", "id": format!("schedule:dlq_report-hourly:2026-11-26T{i:02}:05:00Z"),
+                          "kwargs": {"scan": 1000, "queues": ["default"]}});
+        stack.send(Queue::Default, &fire.to_string()).await.unwrap();
+    }
+    let mut batches = Vec::new();
+    let mut received = 0;
+    while received < FIRINGS {
+        let batch = source.receive(Duration::from_secs(1)).await.unwrap();
+        received += batch.len();
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+    }
+    let dispatches =
+        futures::future::join_all(batches.into_iter().enumerate().map(|(i, batch)| {
+            let function = &functions[i % functions.len()];
+            let source = &source;
+            async move {
+                source
+                    .dispatch(batch, |event| invoke_function(function, event))
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+    let deleted: usize = dispatches.iter().map(|d| d.deleted).sum();
+    assert_eq!(
+        deleted, FIRINGS,
+        "every firing acknowledged: {dispatches:?}"
+    );
+
+    let runs: Vec<RunSpan> = sqlx::query_as(
+        "SELECT status, started_at, finished_at, reason FROM task_runs WHERE task = 'dlq_report' \
+             ORDER BY started_at",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap();
+    assert_eq!(runs.len(), FIRINGS);
+    let ran: Vec<_> = runs.iter().filter(|r| r.0 == "succeeded").collect();
+    let skipped: Vec<_> = runs.iter().filter(|r| r.0 == "skipped").collect();
+    assert!(!ran.is_empty());
+    assert_eq!(ran.len() + skipped.len(), FIRINGS, "{runs:?}");
+    for pair in ran.windows(2) {
+        assert!(pair[0].2 <= pair[1].1, "two runs overlapped: {pair:?}");
+    }
+    for s in &skipped {
+        let reason = s.3.as_deref().unwrap_or_default();
+        assert!(
+            reason.starts_with("already running: run:dlq_report"),
+            "{reason}"
+        );
+    }
+    let held = crate::leases::store(&stack)
+        .list(dualcaster::lease::LeaseKind::Run, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(held.is_empty(), "leases left behind: {held:?}");
+    println!(
+        "single-instance storm: fired {FIRINGS}, ran {} (never overlapping), skipped while held {}, lost 0, leases left 0",
+        ran.len(),
+        skipped.len()
     );
     stack.cleanup().await;
 }

@@ -13,7 +13,7 @@ use dualcaster::queue::Queue;
 use integration_tests::{ping, TestStack};
 use serde_json::{json, Value};
 
-fn store(stack: &TestStack) -> DynamoLeaseStore {
+pub(crate) fn store(stack: &TestStack) -> DynamoLeaseStore {
     DynamoLeaseStore::new(stack.dynamodb.clone(), stack.lease_table())
 }
 
@@ -154,7 +154,7 @@ async fn a_duplicate_delivery_of_a_completed_message_runs_once_and_reports_the_s
 }
 
 /// Fills the default DLQ so that a dlq_report run takes a while (it scans every message).
-async fn fill_dlq(stack: &TestStack, messages: usize) {
+pub(crate) async fn fill_dlq(stack: &TestStack, messages: usize) {
     for chunk in 0..messages.div_ceil(10) {
         let entries: Vec<SendMessageBatchRequestEntry> = (0..10)
             .map(|i| {
