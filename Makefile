@@ -5,7 +5,7 @@ CLI := ./target/debug/dualcaster
 KWARGS ?= {}
 comma := ,
 
-.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics bench-runtime package dlq-report redrive purge-dlq bench-event-source run mcp ops fuzz bench-load
+.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics bench-runtime package dlq-report redrive purge-dlq bench-event-source run mcp ops fuzz bench-load test-faults
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -46,7 +46,10 @@ test: setup ## Every test: unit and integration (starts the local stack)
 	$(CARGO) test --workspace
 
 test-slow: setup ## Tests that wait on real time, like a real EventBridge rule firing (about a minute)
-	$(CARGO) test -p integration-tests -- --ignored
+	$(CARGO) test -p integration-tests -- --ignored --skip disruptive::
+
+test-faults: setup ## Fault scenarios that stop shared services (Postgres), one at a time; prints their counts
+	$(CARGO) test -p integration-tests -- --include-ignored --test-threads=1 --nocapture disruptive:: faults::
 
 test-unit: ## Unit tests only (no services needed)
 	$(CARGO) test --workspace --lib --bins

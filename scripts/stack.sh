@@ -229,6 +229,8 @@ case "${1:-}" in
     down) shift; down "$@" ;;
     status) status ;;
     restart-localstack) stop_pid "$RUN/localstack.pid" LocalStack; localstack_up ;;
+    # Stops Postgres for SECONDS (default 0), then starts it again: the fault tests' database outage.
+    restart-postgres) postgres_down; sleep "${2:-0}"; postgres_up ;;
     tools) tools_up ;;
-    *) echo "usage: $0 up | down [--all] | status | tools" >&2; exit 2 ;;
+    *) echo "usage: $0 up | down [--all] | status | tools | restart-postgres [SECONDS] | restart-localstack" >&2; exit 2 ;;
 esac

@@ -5,6 +5,7 @@ mod analytics;
 mod bad_input;
 mod batches;
 mod direct_invoke;
+mod disruptive;
 mod faults;
 mod infra;
 mod ingestion;
