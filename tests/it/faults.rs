@@ -253,3 +253,127 @@ async fn a_single_instance_schedule_fired_many_times_at_once_never_overlaps() {
     );
     stack.cleanup().await;
 }
+
+/// LocalStack unreachable for four seconds while pings are in flight (a proxy in front of it drops every
+/// connection and refuses new ones; LocalStack keeps its state, as SQS would): the function's lease and
+/// SQS calls fail, the event source's polls and deletes fail, and still every ping lands exactly once or
+/// is dead-lettered with its reason.
+#[tokio::test]
+async fn localstack_unreachable_mid_run_loses_nothing_and_doubles_nothing() {
+    const MESSAGES: usize = 40;
+    let stack = TestStack::start().await.unwrap();
+    let proxy = integration_tests::CuttableProxy::start("127.0.0.1:4566".parse().unwrap())
+        .await
+        .unwrap();
+    let endpoint = proxy.url();
+    let function = stack
+        .function(
+            Queue::Default,
+            &[("DD_CONCURRENCY", "2"), ("AWS_ENDPOINT_URL", &endpoint)],
+        )
+        .await
+        .unwrap();
+    let through_proxy = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&dualcaster::local::local_aws().await)
+            .endpoint_url(&endpoint)
+            .build(),
+    );
+    let source = dualcaster::local::event_source::EventSource::new(
+        through_proxy,
+        stack.queue_url(Queue::Default),
+        10,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let keys: BTreeSet<String> = (0..MESSAGES).map(|i| format!("cut-{i:02}")).collect();
+    for key in &keys {
+        stack
+            .send(Queue::Default, &ping(key, json!({"work_ms": 150})))
+            .await
+            .unwrap();
+    }
+
+    let started = tokio::time::Instant::now();
+    let (mut polls_failed, mut handed_back, mut invocations_failed) = (0, 0, 0);
+    let proxy = std::sync::Arc::new(proxy);
+    let outage = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            proxy.cut();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            proxy.restore();
+        })
+    };
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(30),
+            source.poll_once(Duration::from_secs(1), |event| {
+                invoke_function(&function, event)
+            }),
+        )
+        .await
+        {
+            Ok(Ok(d)) => {
+                handed_back += d.failed.len();
+                invocations_failed += usize::from(d.invoke_error.is_some());
+            }
+            Ok(Err(_)) | Err(_) => {
+                polls_failed += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        if outage.is_finished() && stack.depth(stack.queue_url(Queue::Default)).await.unwrap() == 0
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "not drained");
+    }
+
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT check_key FROM health_checks ORDER BY check_key")
+            .fetch_all(&stack.pool)
+            .await
+            .unwrap();
+    let recorded_set: BTreeSet<String> = recorded.iter().cloned().collect();
+    assert_eq!(
+        recorded.len(),
+        recorded_set.len(),
+        "a heartbeat written twice"
+    );
+    let mut dead_keys = BTreeSet::new();
+    for d in stack.dead_letters(Queue::Default).await.unwrap() {
+        let id = serde_json::from_str::<serde_json::Value>(&d.body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            d.attributes
+                .contains_key(dualcaster::queue::attr::ERROR_CLASS),
+            "dead-lettered without a reason: {d:?}"
+        );
+        dead_keys.insert(id);
+    }
+    assert!(recorded_set.is_disjoint(&dead_keys));
+    let accounted: BTreeSet<String> = recorded_set.union(&dead_keys).cloned().collect();
+    let lost: Vec<&String> = keys.difference(&accounted).collect();
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    let suppressed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM task_runs WHERE task = 'ping' AND status = 'succeeded' \
+         AND (replayed OR detail->>'recorded' = 'false')",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    println!(
+        "localstack outage (4 s): sent {MESSAGES}, processed {}, retried {handed_back}, failed polls {polls_failed}, failed invocations {invocations_failed}, dead-lettered {}, duplicates suppressed {suppressed}, lost 0",
+        recorded.len(),
+        dead_keys.len()
+    );
+    assert!(
+        polls_failed + handed_back + invocations_failed + suppressed as usize > 0,
+        "the outage was not seen"
+    );
+    stack.cleanup().await;
+}

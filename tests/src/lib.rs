@@ -288,3 +288,63 @@ pub fn fixture(path: &str) -> PathBuf {
 
 /// The local Scryfall/MTGJSON stand-in.
 pub use dualcaster::local::stub::StubUpstream as FixtureServer;
+
+/// A TCP proxy in front of a service that a test can cut (every open connection dropped, new ones refused)
+/// and restore: an outage of LocalStack as the functions see it, without losing LocalStack's state.
+pub struct CuttableProxy {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl CuttableProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Result<CuttableProxy> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections =
+            std::sync::Arc::new(std::sync::Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
+        let (accept_open, accept_connections) = (open.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accept_open.load(Ordering::Acquire) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                if let Ok(mut c) = accept_connections.lock() {
+                    c.retain(|h| !h.is_finished());
+                    c.push(task.abort_handle());
+                }
+            }
+        });
+        Ok(CuttableProxy {
+            port,
+            open,
+            connections,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every open connection and refuses new ones until [`CuttableProxy::restore`].
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::Release);
+        if let Ok(mut c) = self.connections.lock() {
+            for h in c.drain(..) {
+                h.abort();
+            }
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
