@@ -194,6 +194,17 @@ tools_up() {
 
 # --- commands -----------------------------------------------------------------------------------------
 
+restart_postgres() {
+    if docker_available; then
+        local compose=(docker compose -f "$ROOT/infra/local/docker-compose.yml")
+        "${compose[@]}" stop postgres; sleep "$1"; "${compose[@]}" up -d --wait postgres
+        return
+    fi
+    postgres_down
+    sleep "$1"
+    postgres_up
+}
+
 up() {
     if docker_available; then
         log "Docker engine found: using infra/local/docker-compose.yml"
@@ -230,7 +241,7 @@ case "${1:-}" in
     status) status ;;
     restart-localstack) stop_pid "$RUN/localstack.pid" LocalStack; localstack_up ;;
     # Stops Postgres for SECONDS (default 0), then starts it again: the fault tests' database outage.
-    restart-postgres) postgres_down; sleep "${2:-0}"; postgres_up ;;
+    restart-postgres) restart_postgres "${2:-0}" ;;
     tools) tools_up ;;
     *) echo "usage: $0 up | down [--all] | status | tools | restart-postgres [SECONDS] | restart-localstack" >&2; exit 2 ;;
 esac
