@@ -108,5 +108,6 @@ async fn postgres_restarting_mid_run_loses_nothing_and_doubles_nothing() {
         before > 0 && after > 0,
         "the outage did not fall inside the run"
     );
+    crate::faults::assert_no_lease_held(&stack).await;
     stack.cleanup().await;
 }

@@ -7,6 +7,29 @@ use dualcaster::queue::Queue;
 use integration_tests::{ping, TestStack};
 use serde_json::json;
 
+/// After a scenario: no single-instance lease is held and no delivery record is left in progress (a record
+/// whose run never finished), so nothing waits on a holder that is gone.
+pub(crate) async fn assert_no_lease_held(stack: &TestStack) {
+    let store = crate::leases::store(stack);
+    let now = chrono::Utc::now();
+    let runs = store
+        .list(dualcaster::lease::LeaseKind::Run, now)
+        .await
+        .unwrap();
+    assert!(runs.is_empty(), "run leases left: {runs:?}");
+    let in_progress: Vec<_> = store
+        .list(dualcaster::lease::LeaseKind::Idempotency, now)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.result.is_none())
+        .collect();
+    assert!(
+        in_progress.is_empty(),
+        "delivery records left in progress: {in_progress:?}"
+    );
+}
+
 /// Kill -9 the function while it is half-way through batches, several times, then let the queue drain:
 /// every ping lands exactly once and nothing reaches the DLQ.
 #[tokio::test]
@@ -105,6 +128,7 @@ async fn killing_the_function_mid_batch_loses_nothing_and_duplicates_nothing() {
     println!(
         "crash test: sent {MESSAGES}, kills {KILLS}, redelivered {redelivered}, duplicates suppressed {suppressed}, lost 0"
     );
+    assert_no_lease_held(&stack).await;
     stack.cleanup().await;
 }
 
@@ -157,6 +181,7 @@ async fn every_message_delivered_twice_lands_once() {
         "duplicate delivery: sent {}, processed {first}, retried {retried}, dead-lettered 0, duplicates suppressed {suppressed}, lost 0",
         2 * MESSAGES
     );
+    assert_no_lease_held(&stack).await;
     stack.cleanup().await;
 }
 
@@ -375,5 +400,6 @@ async fn localstack_unreachable_mid_run_loses_nothing_and_doubles_nothing() {
         polls_failed + handed_back + invocations_failed + suppressed as usize > 0,
         "the outage was not seen"
     );
+    assert_no_lease_held(&stack).await;
     stack.cleanup().await;
 }
