@@ -391,15 +391,16 @@ async fn localstack_unreachable_mid_run_loses_nothing_and_doubles_nothing() {
     .fetch_one(&stack.pool)
     .await
     .unwrap();
+    let dropped = proxy.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let refused = proxy.refused.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "localstack outage (4 s): sent {MESSAGES}, processed {}, retried {handed_back}, failed polls {polls_failed}, failed invocations {invocations_failed}, dead-lettered {}, duplicates suppressed {suppressed}, lost 0",
+        "localstack outage (4 s, {dropped} open connections dropped, {refused} refused): sent {MESSAGES}, processed {}, retried {handed_back}, failed polls {polls_failed}, failed invocations {invocations_failed}, dead-lettered {}, duplicates suppressed {suppressed}, lost 0",
         recorded.len(),
         dead_keys.len()
     );
-    assert!(
-        polls_failed + handed_back + invocations_failed + suppressed as usize > 0,
-        "the outage was not seen"
-    );
+    // The SDKs retry a dropped or refused connection, so an outage this short is often absorbed without
+    // any failure reaching the runtime; what matters is that it happened and nothing was lost.
+    assert!(dropped + refused > 0, "the outage touched no connection");
     assert_no_lease_held(&stack).await;
     stack.cleanup().await;
 }

@@ -293,6 +293,9 @@ pub use dualcaster::local::stub::StubUpstream as FixtureServer;
 /// and restore: an outage of LocalStack as the functions see it, without losing LocalStack's state.
 pub struct CuttableProxy {
     pub port: u16,
+    /// Connections refused while cut, and open ones dropped by a cut.
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
     connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
@@ -305,10 +308,13 @@ impl CuttableProxy {
         let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let connections =
             std::sync::Arc::new(std::sync::Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
-        let (accept_open, accept_connections) = (open.clone(), connections.clone());
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (accept_open, accept_connections, accept_refused) =
+            (open.clone(), connections.clone(), refused.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !accept_open.load(Ordering::Acquire) {
+                    accept_refused.fetch_add(1, Ordering::Relaxed);
                     drop(inbound);
                     continue;
                 }
@@ -325,6 +331,8 @@ impl CuttableProxy {
         });
         Ok(CuttableProxy {
             port,
+            refused,
+            dropped: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             open,
             connections,
         })
@@ -339,6 +347,10 @@ impl CuttableProxy {
         self.open.store(false, std::sync::atomic::Ordering::Release);
         if let Ok(mut c) = self.connections.lock() {
             for h in c.drain(..) {
+                if !h.is_finished() {
+                    self.dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 h.abort();
             }
         }
