@@ -76,6 +76,12 @@ pub(crate) async fn fresh_database(admin_url: &str, name: &str) -> Result<(PgPoo
         None => bail!("cannot derive a database URL from {admin_url}"),
     };
     let pool = PgPoolOptions::new()
+        .after_connect(|_, _| {
+            Box::pin(async {
+                dualcaster::db::no_delay_on_tcp_sockets();
+                Ok(())
+            })
+        })
         .max_connections(2)
         .connect(&url)
         .await?;
