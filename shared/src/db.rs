@@ -166,7 +166,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        assert!(!client.nodelay().unwrap(), "a new socket starts with Nagle on");
+        assert!(
+            !client.nodelay().unwrap(),
+            "a new socket starts with Nagle on"
+        );
         no_delay_on_tcp_sockets();
         assert!(client.nodelay().unwrap());
         assert!(server.nodelay().unwrap());

@@ -38,6 +38,23 @@ pub struct Dispatch {
     pub invoke_error: Option<String>,
 }
 
+/// `batch of 4 -> 3 deleted, 1 handed back`, with the invocation's error when it failed.
+impl std::fmt::Display for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "batch of {} -> {} deleted, {} handed back",
+            self.received,
+            self.deleted,
+            self.failed.len()
+        )?;
+        if let Some(e) = &self.invoke_error {
+            write!(f, " (invoke failed: {e})")?;
+        }
+        Ok(())
+    }
+}
+
 impl EventSource {
     pub async fn new(
         sqs: aws_sdk_sqs::Client,
@@ -278,5 +295,31 @@ pub async fn invoke_function(
         Ok(Invoked::Crashed(how)) => Err(format!("function process {how}")),
         Ok(Invoked::TimedOut) => Err("function timed out".into()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dispatch_reads_as_one_line() {
+        let ok = Dispatch {
+            received: 4,
+            deleted: 3,
+            failed: vec!["m-1".into()],
+            invoke_error: None,
+        };
+        assert_eq!(ok.to_string(), "batch of 4 -> 3 deleted, 1 handed back");
+        let crashed = Dispatch {
+            received: 2,
+            deleted: 0,
+            failed: vec![],
+            invoke_error: Some("function crashed".into()),
+        };
+        assert_eq!(
+            crashed.to_string(),
+            "batch of 2 -> 0 deleted, 0 handed back (invoke failed: function crashed)"
+        );
     }
 }

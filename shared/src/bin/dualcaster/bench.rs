@@ -59,6 +59,12 @@ fn peak_rss_mb(pid: u32) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// The cargo profile this command was built with (`debug`, `profiling`, ...): its target directory's name.
+pub(crate) fn build_profile() -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.file_name()?.to_string_lossy().into_owned())
+}
+
 pub(crate) async fn fresh_database(admin_url: &str, name: &str) -> Result<(PgPool, String)> {
     let admin = PgPool::connect(admin_url)
         .await

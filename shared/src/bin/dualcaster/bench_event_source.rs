@@ -190,11 +190,7 @@ pub async fn bench_event_source(template_path: &Path, messages: usize, port: u16
         std::env::var("BENCH_LOG").unwrap_or("warn".into()),
     );
     // The functions of the same build as this command (`make bench-event-source` builds `profiling`).
-    let profile = std::env::current_exe()?
-        .parent()
-        .and_then(|d| d.file_name())
-        .map(|d| d.to_string_lossy().into_owned())
-        .filter(|d| d != "debug");
+    let profile = crate::bench::build_profile().filter(|d| d != "debug");
     let url = env["DD_QUEUE_URL_DEFAULT"].clone();
     let result = async {
         let bodies: Vec<String> = (0..messages).map(|i| format!("raw-{i}")).collect();

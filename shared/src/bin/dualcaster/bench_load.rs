@@ -232,10 +232,7 @@ pub async fn bench_load(template_path: &Path, messages: usize, rate: usize) -> R
         println!(
             "{messages} messages sent at {rate}/s over {:.1} s (70% noop, 25% ping, 2% retryable failures, 1% permanent, 1% invalid kwargs, 1% not JSON) to the default function (built-in Runtime API, `{}` build)",
             sending.as_secs_f64(),
-            std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned()))
-                .unwrap_or_default()
+            crate::bench::build_profile().unwrap_or_default()
         );
         let first_span = (first_attempts_done - started_at).num_milliseconds() as f64 / 1000.0;
         println!(

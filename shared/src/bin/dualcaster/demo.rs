@@ -110,18 +110,7 @@ pub(crate) async fn demo(
             queues: Queue::ALL.to_vec(),
             profile: None,
         },
-        Arc::new(|queue, d: &Dispatch| {
-            println!(
-                "   {queue}: batch of {} -> {} deleted, {} handed back{}",
-                d.received,
-                d.deleted,
-                d.failed.len(),
-                d.invoke_error
-                    .as_ref()
-                    .map(|e| format!(" (invoke failed: {e})"))
-                    .unwrap_or_default()
-            )
-        }),
+        Arc::new(|queue, d: &Dispatch| println!("   {queue}: {d}")),
     )
     .await?;
     match system.invoke_endpoint() {

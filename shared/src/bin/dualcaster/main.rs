@@ -548,19 +548,7 @@ async fn run(stack: &str, template: &Path, runner: Runner, seconds: Option<u64>)
             queues: Queue::ALL.to_vec(),
             profile: None,
         },
-        Arc::new(|queue, d: &Dispatch| {
-            println!(
-                "{} {queue}: batch of {} -> {} deleted, {} handed back{}",
-                Utc::now().format("%H:%M:%S"),
-                d.received,
-                d.deleted,
-                d.failed.len(),
-                d.invoke_error
-                    .as_ref()
-                    .map(|e| format!(" (invoke failed: {e})"))
-                    .unwrap_or_default()
-            )
-        }),
+        Arc::new(|queue, d: &Dispatch| println!("{} {queue}: {d}", Utc::now().format("%H:%M:%S"))),
     )
     .await?;
     match system.invoke_endpoint() {
