@@ -181,6 +181,18 @@ pub async fn upsert_prices(
     Ok(done.rows_affected())
 }
 
+/// How an ingestion run ended, as its report says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestOutcome {
+    /// The whole file is in.
+    Completed,
+    /// Stopped before the deadline; a follow-up message continues from the cursor.
+    Continued,
+    /// The version was already ingested.
+    Unchanged,
+}
+
 /// Where an ingestion of one upstream file version stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunStart {

@@ -18,7 +18,9 @@ use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use uuid::Uuid;
 
-use crate::catalog::{insert_missing_printings, upsert_prices, BatchCounts, Ending, IngestionRun, RunStart};
+use crate::catalog::{
+    insert_missing_printings, upsert_prices, BatchCounts, Ending, IngestOutcome, IngestionRun, RunStart,
+};
 use crate::context::TaskContext;
 use crate::error::{class, TaskError};
 use crate::json_stream::{self, CountingReader, Item, StreamEnd};
@@ -87,20 +89,12 @@ pub struct IngestMtgjsonArgs {
     pub batch_size: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MtgjsonOutcome {
-    Completed,
-    Continued,
-    Unchanged,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MtgjsonReport {
     pub source: String,
     pub file_version: DateTime<Utc>,
     pub file_uri: String,
-    pub outcome: MtgjsonOutcome,
+    pub outcome: IngestOutcome,
     pub resumed_from: u64,
     pub cursor: u64,
     /// Entries (cards) read by this run.
@@ -121,7 +115,7 @@ impl TaskReport for MtgjsonReport {
     }
 
     fn skipped(&self) -> Option<String> {
-        (self.outcome == MtgjsonOutcome::Unchanged).then(|| {
+        (self.outcome == IngestOutcome::Unchanged).then(|| {
             format!("{} version {} was already ingested", self.source, self.file_version.date_naive())
         })
     }
@@ -195,7 +189,7 @@ impl Task for IngestMtgjsonPrices {
             source: source.clone(),
             file_version: version,
             file_uri: url.clone(),
-            outcome: MtgjsonOutcome::Completed,
+            outcome: IngestOutcome::Completed,
             resumed_from: 0,
             cursor: 0,
             entries: 0,
@@ -210,7 +204,7 @@ impl Task for IngestMtgjsonPrices {
             RunStart::Unchanged { .. } => {
                 drop(handshake.skip);
                 let _ = reader_done.await;
-                report.outcome = MtgjsonOutcome::Unchanged;
+                report.outcome = IngestOutcome::Unchanged;
                 return Ok(report);
             }
             RunStart::Proceed { cursor, .. } => cursor,
@@ -244,7 +238,7 @@ impl Task for IngestMtgjsonPrices {
         match run.conclude(&ctx, end, report.cursor, stopped, follow_up, then).await? {
             Ending::Completed => {}
             Ending::Continued(id) => {
-                report.outcome = MtgjsonOutcome::Continued;
+                report.outcome = IngestOutcome::Continued;
                 report.continuation = Some(id);
             }
         }

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::catalog::{upsert_prices, upsert_printings, BatchCounts, Ending, IngestionRun, RunStart};
+use crate::catalog::{
+    upsert_prices, upsert_printings, BatchCounts, Ending, IngestOutcome, IngestionRun, RunStart,
+};
 use crate::context::TaskContext;
 use crate::error::{class, TaskError};
 use crate::json_stream::{self, CountingReader, Shape, StreamEnd};
@@ -60,17 +62,6 @@ pub struct IngestScryfallArgs {
     #[serde(default = "default_batch_size")]
     #[garde(range(min = 10, max = 5000))]
     pub batch_size: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IngestOutcome {
-    /// The whole file is in.
-    Completed,
-    /// Stopped before the deadline; a follow-up message continues from the cursor.
-    Continued,
-    /// The index shows the version already ingested.
-    Unchanged,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
