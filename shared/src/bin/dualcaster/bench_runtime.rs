@@ -8,19 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use dualcaster::config::Settings;
-use dualcaster::context::{Services, TaskContext, Upstreams};
+use dualcaster::context::{Services, Upstreams};
 use dualcaster::db::RunLog;
-use dualcaster::error::TaskError;
 use dualcaster::lease::memory::MemoryLeaseStore;
 use dualcaster::local::function::LocalFunction;
 use dualcaster::queue::{Queue, SqsQueueOps};
-use dualcaster::registry::{Registry, Task, TaskSpec};
-use dualcaster::report::{Counts, TaskReport};
+use dualcaster::registry::{Registry, TaskSpec};
 use dualcaster::runtime::{Invocation, Runtime};
+use dualcaster::tasks::noop::Noop;
 
 /// The settings every function needs, pointing nowhere: start-up builds clients but connects to nothing.
 fn offline_env() -> BTreeMap<String, String> {
@@ -81,45 +79,13 @@ async fn start_up(bin_dir: &Path, starts: usize) -> Result<Vec<(Queue, f64, f64)
     Ok(rows)
 }
 
-/// A task that does nothing, so what is measured is the runtime around it.
-struct Noop;
-
-#[derive(Debug, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
-struct NoopArgs {
-    #[serde(default)]
-    #[garde(range(max = 1_000_000))]
-    n: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct NoopReport {
-    n: u64,
-}
-
-impl TaskReport for NoopReport {
-    fn counts(&self) -> Counts {
-        Counts::new(1, 0)
-    }
-}
-
-impl Task for Noop {
-    const NAME: &'static str = "noop";
-    const QUEUE: Queue = Queue::Default;
-    type Args = NoopArgs;
-    type Report = NoopReport;
-    async fn run(args: NoopArgs, _ctx: TaskContext) -> Result<NoopReport, TaskError> {
-        Ok(NoopReport { n: args.n })
-    }
-}
-
 fn batch(size: usize, round: usize) -> Value {
     let records: Vec<Value> = (0..size)
         .map(|i| {
             json!({
                 "messageId": format!("m-{round}-{i}"),
                 "receiptHandle": format!("r-{round}-{i}"),
-                "body": json!({"v": 1, "task": "noop", "id": format!("noop-{round}-{i}"), "kwargs": {"n": i}}).to_string(),
+                "body": json!({"v": 1, "task": "noop", "id": format!("noop-{round}-{i}"), "kwargs": {"label": format!("{i}")}}).to_string(),
                 "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1764115200000"},
                 "messageAttributes": {},
                 "md5OfBody": "",
