@@ -208,14 +208,7 @@ async fn the_aws_cli_forms_in_the_readme_work_against_the_local_stack() {
     ]);
     assert!(sent.status.success(), "{sent:?}");
     let sent: Value = serde_json::from_slice(&sent.stdout).unwrap();
-    let source = EventSource::new(
-        stack.sqs.clone(),
-        stack.queue_url(Queue::Default),
-        10,
-        Duration::ZERO,
-    )
-    .await
-    .unwrap();
+    let source = stack.event_source(Queue::Default, 10).await.unwrap();
     let api = watch.invoker(Duration::from_secs(120));
     let d = source
         .poll_once(Duration::from_secs(5), |event| async move {
@@ -369,14 +362,7 @@ async fn the_ops_function_redrives_through_the_invoke_api_dry_run_first() {
     );
     assert_eq!(stack.depth(stack.dlq_url(Queue::Default)).await.unwrap(), 1);
     // ... and the replayed message runs.
-    let source = EventSource::new(
-        stack.sqs.clone(),
-        stack.queue_url(Queue::Default),
-        10,
-        Duration::ZERO,
-    )
-    .await
-    .unwrap();
+    let source = stack.event_source(Queue::Default, 10).await.unwrap();
     let d = source
         .poll_once(Duration::from_secs(5), |event| {
             let api = api.clone();
