@@ -50,11 +50,7 @@ async fn postgres_restarting_mid_run_loses_nothing_and_doubles_nothing() {
         .unwrap();
     let (down, up) = outage.await.unwrap();
 
-    let recorded: Vec<String> =
-        sqlx::query_scalar("SELECT check_key FROM health_checks ORDER BY check_key")
-            .fetch_all(&stack.pool)
-            .await
-            .unwrap();
+    let recorded: Vec<String> = stack.heartbeats().await.unwrap();
     let recorded_set: BTreeSet<String> = recorded.iter().cloned().collect();
     assert_eq!(
         recorded.len(),

@@ -87,11 +87,7 @@ async fn killing_the_function_mid_batch_loses_nothing_and_duplicates_nothing() {
         .await
         .unwrap();
 
-    let recorded: Vec<String> =
-        sqlx::query_scalar("SELECT check_key FROM health_checks ORDER BY check_key")
-            .fetch_all(&stack.pool)
-            .await
-            .unwrap();
+    let recorded: Vec<String> = stack.heartbeats().await.unwrap();
     assert_eq!(
         recorded.len(),
         MESSAGES,
@@ -158,11 +154,7 @@ async fn every_message_delivered_twice_lands_once() {
         .await
         .unwrap();
 
-    let recorded: Vec<String> =
-        sqlx::query_scalar("SELECT check_key FROM health_checks ORDER BY check_key")
-            .fetch_all(&stack.pool)
-            .await
-            .unwrap();
+    let recorded: Vec<String> = stack.heartbeats().await.unwrap();
     assert_eq!(recorded.into_iter().collect::<BTreeSet<_>>(), keys);
     let (first, suppressed, retried): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'succeeded' AND NOT replayed AND detail->>'recorded' = 'true'), \
@@ -356,11 +348,7 @@ async fn localstack_unreachable_mid_run_loses_nothing_and_doubles_nothing() {
         assert!(started.elapsed() < Duration::from_secs(180), "not drained");
     }
 
-    let recorded: Vec<String> =
-        sqlx::query_scalar("SELECT check_key FROM health_checks ORDER BY check_key")
-            .fetch_all(&stack.pool)
-            .await
-            .unwrap();
+    let recorded: Vec<String> = stack.heartbeats().await.unwrap();
     let recorded_set: BTreeSet<String> = recorded.iter().cloned().collect();
     assert_eq!(
         recorded.len(),

@@ -40,13 +40,6 @@ async fn watch(stack: &TestStack) -> Watch {
     .unwrap()
 }
 
-async fn heartbeats(stack: &TestStack) -> Vec<String> {
-    sqlx::query_scalar("SELECT check_key FROM health_checks ORDER BY check_key")
-        .fetch_all(&stack.pool)
-        .await
-        .unwrap()
-}
-
 /// Puts `body` in `queue`'s DLQ as the runtime would have after a failure of `class`.
 async fn dead_letter(stack: &TestStack, queue: Queue, task: &str, body: &str, class: &str) {
     let record = DeadLetter {
@@ -125,7 +118,10 @@ async fn under_cargo_lambda_watch_the_event_source_deletes_successes_and_leaves_
     }
     assert_eq!((received, deleted), (4, 3));
     assert_eq!(failed, vec![failing.clone()]);
-    assert_eq!(heartbeats(&stack).await, ["watch-ok-1", "watch-ok-2"]);
+    assert_eq!(
+        stack.heartbeats().await.unwrap(),
+        ["watch-ok-1", "watch-ok-2"]
+    );
     // The ops function finds it in the DLQ with its task and error class.
     let stats = api
         .invoke(
@@ -217,7 +213,7 @@ async fn the_aws_cli_forms_in_the_readme_work_against_the_local_stack() {
         .await
         .unwrap();
     assert_eq!((d.received, d.deleted), (1, 1), "{d:?} {sent}");
-    assert_eq!(heartbeats(&stack).await, ["cli-queued"]);
+    assert_eq!(stack.heartbeats().await.unwrap(), ["cli-queued"]);
 
     // `aws lambda invoke` of a queue's function with an envelope: the task's report.
     let report = out_dir.join("report.json");
@@ -235,7 +231,10 @@ async fn the_aws_cli_forms_in_the_readme_work_against_the_local_stack() {
     assert!(invoked.status.success(), "{invoked:?}");
     let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(report["status"], "succeeded", "{report}");
-    assert_eq!(heartbeats(&stack).await, ["cli-direct", "cli-queued"]);
+    assert_eq!(
+        stack.heartbeats().await.unwrap(),
+        ["cli-direct", "cli-queued"]
+    );
 
     // `aws lambda invoke` of the ops function: DLQ statistics.
     dead_letter(
@@ -371,7 +370,7 @@ async fn the_ops_function_redrives_through_the_invoke_api_dry_run_first() {
         .await
         .unwrap();
     assert_eq!((d.received, d.deleted), (1, 1), "{d:?}");
-    assert_eq!(heartbeats(&stack).await, ["ops-outage"]);
+    assert_eq!(stack.heartbeats().await.unwrap(), ["ops-outage"]);
 
     let e = api
         .invoke(

@@ -41,13 +41,6 @@ async fn dead_letter(stack: &TestStack, body: &str, class: &str) {
         .unwrap();
 }
 
-async fn heartbeats(stack: &TestStack) -> Vec<String> {
-    sqlx::query_scalar("SELECT check_key FROM health_checks ORDER BY check_key")
-        .fetch_all(&stack.pool)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_filtered_redrive_replays_only_the_matching_dead_letters_and_they_run() {
     let stack = TestStack::start().await.unwrap();
@@ -112,7 +105,7 @@ async fn a_filtered_redrive_replays_only_the_matching_dead_letters_and_they_run(
         .await
         .unwrap();
     assert_eq!(
-        heartbeats(&stack).await,
+        stack.heartbeats().await.unwrap(),
         vec!["outage-0", "outage-1", "outage-2"],
         "the replayed pings ran"
     );

@@ -140,6 +140,15 @@ impl TestStack {
         .await
     }
 
+    /// The check keys of every heartbeat `ping` has recorded, in order.
+    pub async fn heartbeats(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT check_key FROM health_checks ORDER BY check_key")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     pub async fn send(&self, queue: Queue, body: &str) -> Result<String> {
         dualcaster::local::send_message(&self.sqs, self.queue_url(queue), body).await
     }
