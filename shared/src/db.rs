@@ -27,13 +27,7 @@ pub fn lazy_pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
             PgConnectOptions::new_without_pgpass().host("credentials.not-loaded.invalid")
         }
     };
-    Ok(PgPoolOptions::new()
-        .after_connect(|_, _| {
-            Box::pin(async {
-                no_delay_on_tcp_sockets();
-                Ok(())
-            })
-        })
+    Ok(pool_options()
         .max_connections(settings.db_max_connections)
         .min_connections(0)
         .acquire_timeout(settings.db_acquire_timeout)
@@ -41,12 +35,23 @@ pub fn lazy_pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options.application_name(APPLICATION_NAME)))
 }
 
+/// Pool options every pool of the project starts from: each new connection gets `TCP_NODELAY`
+/// ([`no_delay_on_tcp_sockets`]).
+pub fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new().after_connect(|_, _| {
+        Box::pin(async {
+            no_delay_on_tcp_sockets();
+            Ok(())
+        })
+    })
+}
+
 /// Turns Nagle's algorithm off on every TCP socket of this process, the connection just opened among them.
 ///
 /// sqlx 0.9.0 no longer sets `TCP_NODELAY` on its connections (transact-rs/sqlx#4335, fixed upstream but not
 /// released). Without it, a statement whose parameters span several TCP segments (a batch's column arrays)
 /// waits for the server's delayed ACK, about 40 ms on Linux, before its last segment leaves: half of an
-/// ingestion batch's time. Call it from `after_connect`; the other TCP clients of the process (hyper, the AWS
+/// ingestion batch's time. [`pool_options`] calls it from `after_connect`; the other TCP clients of the process (hyper, the AWS
 /// SDKs) already set the option, so setting it again changes nothing for them.
 pub fn no_delay_on_tcp_sockets() {
     #[cfg(target_os = "linux")]

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use chrono::NaiveDate;
 use serde_json::{json, Value};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use dualcaster::db::MIGRATOR;
@@ -69,11 +68,21 @@ pub(crate) async fn fresh_database(admin_url: &str, name: &str) -> Result<(PgPoo
     let admin = PgPool::connect(admin_url)
         .await
         .context("connecting to the admin database")?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    // FORCE ends our own sessions but not an autovacuum worker still busy with the previous run's rows,
+    // which the app role may not terminate: wait for it.
+    let mut attempts = 0;
+    while let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     )))
     .execute(&admin)
-    .await?;
+    .await
+    {
+        attempts += 1;
+        if attempts == 60 {
+            return Err(e).context(format!("dropping {name}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&admin)
         .await?;
@@ -81,13 +90,7 @@ pub(crate) async fn fresh_database(admin_url: &str, name: &str) -> Result<(PgPoo
         Some((base, _)) => format!("{base}/{name}"),
         None => bail!("cannot derive a database URL from {admin_url}"),
     };
-    let pool = PgPoolOptions::new()
-        .after_connect(|_, _| {
-            Box::pin(async {
-                dualcaster::db::no_delay_on_tcp_sockets();
-                Ok(())
-            })
-        })
+    let pool = dualcaster::db::pool_options()
         .max_connections(2)
         .connect(&url)
         .await?;
