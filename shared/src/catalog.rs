@@ -57,7 +57,9 @@ pub async fn upsert_printings(
     if by_id.is_empty() {
         return Ok(0);
     }
-    let rows: Vec<&PrintingRow> = by_id.into_values().collect();
+    // In key order, so the inserts walk the primary key's pages in order rather than at random.
+    let mut rows: Vec<&PrintingRow> = by_id.into_values().collect();
+    rows.sort_unstable_by_key(|r| r.scryfall_id);
     let done = sqlx::query(
         "INSERT INTO printings (scryfall_id, oracle_id, name, set_code, collector_number, rarity, finishes, \
              released_at, tcgplayer_id, cardmarket_id, mtgo_id, image_uri) \
@@ -138,15 +140,23 @@ pub async fn insert_missing_printings(
     Ok(inserted)
 }
 
-/// Upserts price points; returns how many were inserted or changed. Later duplicates in `rows` win.
-pub async fn upsert_prices(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[PriceRow],
-) -> Result<u64, TaskError> {
-    type Key<'a> = (Uuid, &'a str, &'a str, &'a str, &'a str, NaiveDate);
-    let mut by_key: HashMap<Key, &PriceRow> = HashMap::with_capacity(rows.len());
-    for r in rows {
-        by_key.insert(
+/// Price rows as the upsert binds them: one column per field, one entry per key (the last of duplicates,
+/// since Postgres refuses to update one row twice in a statement), in key order so the inserts walk the
+/// primary key's pages in order rather than at random. Built where the rows are parsed, off the write path.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PriceColumns {
+    scryfall_ids: Vec<Uuid>,
+    sources: Vec<&'static str>,
+    price_types: Vec<&'static str>,
+    finishes: Vec<&'static str>,
+    currencies: Vec<&'static str>,
+    days: Vec<NaiveDate>,
+    prices: Vec<Decimal>,
+}
+
+impl PriceColumns {
+    pub fn new(rows: &[PriceRow]) -> PriceColumns {
+        let key = |r: &PriceRow| {
             (
                 r.scryfall_id,
                 r.source,
@@ -154,14 +164,56 @@ pub async fn upsert_prices(
                 r.finish,
                 r.currency,
                 r.day,
-            ),
-            r,
-        );
+            )
+        };
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        // Stable: duplicates keep their input order, and the last of each run of equal keys is kept.
+        order.sort_by_key(|&i| key(&rows[i]));
+        let mut columns = PriceColumns::default();
+        for (n, &i) in order.iter().enumerate() {
+            let r = &rows[i];
+            if order
+                .get(n + 1)
+                .is_some_and(|&next| key(&rows[next]) == key(r))
+            {
+                continue;
+            }
+            columns.scryfall_ids.push(r.scryfall_id);
+            columns.sources.push(r.source);
+            columns.price_types.push(r.price_type);
+            columns.finishes.push(r.finish);
+            columns.currencies.push(r.currency);
+            columns.days.push(r.day);
+            columns.prices.push(r.price);
+        }
+        columns
     }
-    if by_key.is_empty() {
+
+    pub fn len(&self) -> usize {
+        self.scryfall_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scryfall_ids.is_empty()
+    }
+}
+
+/// Upserts price points; returns how many were inserted or changed. Later duplicates in `rows` win.
+pub async fn upsert_prices(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[PriceRow],
+) -> Result<u64, TaskError> {
+    upsert_price_columns(tx, &PriceColumns::new(rows)).await
+}
+
+/// [`upsert_prices`] for rows already laid out as columns.
+pub async fn upsert_price_columns(
+    tx: &mut Transaction<'_, Postgres>,
+    columns: &PriceColumns,
+) -> Result<u64, TaskError> {
+    if columns.is_empty() {
         return Ok(0);
     }
-    let rows: Vec<&PriceRow> = by_key.into_values().collect();
     let done = sqlx::query(
         "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::date[], $7::numeric[]) \
@@ -169,13 +221,13 @@ pub async fn upsert_prices(
          DO UPDATE SET price = EXCLUDED.price, recorded_at = now() \
          WHERE price_points.price IS DISTINCT FROM EXCLUDED.price",
     )
-    .bind(rows.iter().map(|r| r.scryfall_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.source).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.price_type).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.finish).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.currency).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.day).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.price).collect::<Vec<_>>())
+    .bind(&columns.scryfall_ids)
+    .bind(&columns.sources)
+    .bind(&columns.price_types)
+    .bind(&columns.finishes)
+    .bind(&columns.currencies)
+    .bind(&columns.days)
+    .bind(&columns.prices)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
@@ -416,5 +468,52 @@ impl IngestionRun {
         .execute(pool)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: u128, finish: &'static str, day: u32, price: &str) -> PriceRow {
+        PriceRow {
+            scryfall_id: Uuid::from_u128(id),
+            source: "scryfall",
+            price_type: "retail",
+            finish,
+            currency: "USD",
+            day: NaiveDate::from_ymd_opt(2026, 11, day).unwrap(),
+            price: price.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn price_columns_are_in_key_order_with_the_last_duplicate_kept() {
+        let rows = [
+            row(2, "nonfoil", 26, "1.00"),
+            row(1, "foil", 26, "5.00"),
+            row(2, "nonfoil", 26, "1.10"),
+            row(1, "foil", 25, "4.00"),
+            row(2, "nonfoil", 26, "1.20"),
+            row(1, "etched", 26, "9.00"),
+        ];
+        let columns = PriceColumns::new(&rows);
+        assert_eq!(columns.len(), 4);
+        assert_eq!(
+            columns.scryfall_ids,
+            [1, 1, 1, 2].map(Uuid::from_u128).to_vec()
+        );
+        assert_eq!(columns.finishes, ["etched", "foil", "foil", "nonfoil"]);
+        assert_eq!(
+            columns
+                .days
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>(),
+            ["2026-11-26", "2026-11-25", "2026-11-26", "2026-11-26"]
+        );
+        let prices: Vec<String> = columns.prices.iter().map(|p| p.to_string()).collect();
+        assert_eq!(prices, ["9.00", "4.00", "5.00", "1.20"]);
+        assert!(PriceColumns::new(&[]).is_empty());
     }
 }

@@ -16,7 +16,8 @@ use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::catalog::{
-    upsert_prices, upsert_printings, BatchCounts, Ending, IngestOutcome, IngestionRun, RunStart,
+    upsert_price_columns, upsert_printings, BatchCounts, Ending, IngestOutcome, IngestionRun, PriceColumns,
+    RunStart,
 };
 use crate::context::TaskContext;
 use crate::error::{class, TaskError};
@@ -102,7 +103,7 @@ impl TaskReport for IngestReport {
 struct ParsedBatch {
     items: u64,
     printings: Vec<crate::catalog::PrintingRow>,
-    prices: Vec<crate::catalog::PriceRow>,
+    prices: PriceColumns,
     malformed: u64,
 }
 
@@ -110,14 +111,15 @@ fn parse_batch(batch: Vec<json_stream::Item>, day: chrono::NaiveDate) -> ParsedB
     let mut parsed = ParsedBatch {
         items: batch.len() as u64,
         printings: Vec::with_capacity(batch.len()),
-        prices: Vec::with_capacity(batch.len() * 5),
+        prices: PriceColumns::default(),
         malformed: 0,
     };
+    let mut prices = Vec::with_capacity(batch.len() * 5);
     for item in &batch {
         match serde_json::from_str::<Card>(item.raw.get()) {
             Ok(card) => {
                 parsed.printings.push(card.printing());
-                card.price_rows(day, &mut parsed.prices);
+                card.price_rows(day, &mut prices);
             }
             Err(e) => {
                 parsed.malformed += 1;
@@ -126,6 +128,7 @@ fn parse_batch(batch: Vec<json_stream::Item>, day: chrono::NaiveDate) -> ParsedB
             }
         }
     }
+    parsed.prices = PriceColumns::new(&prices);
     parsed
 }
 
@@ -224,7 +227,7 @@ impl Task for IngestScryfallBulk {
             // run applies the batch again: safe to let Postgres acknowledge before the WAL flush.
             sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
             let printings_changed = upsert_printings(&mut tx, &parsed.printings).await?;
-            let prices_changed = upsert_prices(&mut tx, &parsed.prices).await?;
+            let prices_changed = upsert_price_columns(&mut tx, &parsed.prices).await?;
             let counts = BatchCounts {
                 items: parsed.items,
                 printings: printings_changed,
