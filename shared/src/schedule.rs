@@ -255,9 +255,11 @@ impl FieldSpec {
         if let Some(i) = self.names.iter().position(|n| *n == upper) {
             return Ok(self.min + i as u32);
         }
-        let v: u32 = text
-            .parse()
-            .map_err(|_| err(self.name, format!("`{text}` is not a valid value")))?;
+        // Digits only: Rust's integer parser would also take a sign (`+5`), which the table does not.
+        let v: u32 = Some(text)
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| err(self.name, format!("`{text}` is not a valid value")))?;
         if v < self.min || v > self.max {
             return Err(err(
                 self.name,
@@ -357,7 +359,12 @@ fn parse_day_of_week(field: &str) -> Result<DayOfWeek, ScheduleError> {
     if let Some(day) = field.strip_suffix('L') {
         return Ok(DayOfWeek::LastOfMonth(DAY_OF_WEEK.value(day)?));
     }
-    if field.contains(['L', 'W', '?']) {
+    // Look for misplaced wildcards in the values only: day names may hold the same letters (WED).
+    let misplaced = field.split([',', '-', '/']).any(|part| {
+        part.contains(['L', 'W', '?', '#'])
+            && !WEEKDAYS.iter().any(|n| n.eq_ignore_ascii_case(part))
+    });
+    if misplaced {
         return Err(err(
             name,
             format!("`{field}`: L and ? stand alone (L, 6L, ?) and W is for day-of-month"),
