@@ -185,9 +185,46 @@ pub(crate) fn path_error(e: &serde_path_to_error::Error<serde_json::Error>) -> S
     }
 }
 
+/// The path of the first string (value or key) holding a NUL character, which Postgres can store in
+/// neither `text` nor `jsonb`: refused with the arguments rather than failing later as a database error.
+fn nul_path(value: &Value, path: &mut Vec<String>) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().enumerate().any(|(i, v)| {
+            path.push(format!("[{i}]"));
+            let found = nul_path(v, path);
+            if !found {
+                path.pop();
+            }
+            found
+        }),
+        Value::Object(map) => map.iter().any(|(k, v)| {
+            path.push(k.escape_debug().to_string());
+            let found = k.contains('\0') || nul_path(v, path);
+            if !found {
+                path.pop();
+            }
+            found
+        }),
+        _ => false,
+    }
+}
+
 fn parse_args<T: Task>(kwargs: Map<String, Value>) -> Result<T::Args, TaskError> {
+    let kwargs = Value::Object(kwargs);
+    let mut path = Vec::new();
+    if nul_path(&kwargs, &mut path) {
+        let path = path.join(".").replace(".[", "[");
+        return Err(TaskError::permanent(
+            class::INVALID_KWARGS,
+            format!(
+                "task `{}`: {path}: a NUL character (\\u0000) cannot be stored",
+                T::NAME
+            ),
+        ));
+    }
     // The path names the argument at fault (`work_ms: invalid value: integer -1, expected u32`).
-    let args: T::Args = serde_path_to_error::deserialize(Value::Object(kwargs)).map_err(|e| {
+    let args: T::Args = serde_path_to_error::deserialize(kwargs).map_err(|e| {
         TaskError::permanent(
             class::INVALID_KWARGS,
             format!("task `{}`: {}", T::NAME, path_error(&e)),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::primitives::Blob;
 use aws_sdk_sqs::types::MessageAttributeValue;
-use dualcaster::queue::{attr, Queue};
+use dualcaster::queue::{DeadLetter, Queue};
 use integration_tests::TestStack;
 use serde_json::json;
 
@@ -199,6 +199,12 @@ fn corpus() -> Vec<Bad> {
             "work_ms",
         ),
         bad(
+            "a NUL character in a string kwarg (Postgres stores none)",
+            r#"{"task": "ping", "kwargs": {"note": "nul\u0000here"}}"#,
+            KWARGS,
+            "note: a NUL character",
+        ),
+        bad(
             "missing required kwarg",
             r#"{"task": "dlq_purge", "kwargs": {"queue": "default"}}"#,
             KWARGS,
@@ -358,6 +364,13 @@ async fn every_kind_of_bad_message_is_dead_lettered_once_with_its_reason_and_its
     let dead = stack.dead_letters(Queue::Default).await.unwrap();
     let mut by_body: HashMap<&str, Vec<&HashMap<String, String>>> = HashMap::new();
     for d in &dead {
+        // The producer's own attribute travels with the dead letter, bytes intact.
+        let junk = d.message_attributes.get("junk");
+        assert_eq!(
+            junk.and_then(|j| j.binary_value.as_deref()),
+            Some(&[0xff, 0xfe, 0xc3, 0x28, 0x00, 0x80][..]),
+            "{d:?}"
+        );
         by_body
             .entry(d.body.as_str())
             .or_default()
@@ -374,24 +387,27 @@ async fn every_kind_of_bad_message_is_dead_lettered_once_with_its_reason_and_its
             wrong.push(format!("{}: dead-lettered {} times", b.kind, found.len()));
             continue;
         };
-        let get = |name: &str| a.get(name).cloned().unwrap_or_default();
-        let message = get(attr::ERROR_MESSAGE);
+        let Some(f) = DeadLetter::from_attributes(|name| a.get(name).cloned()) else {
+            wrong.push(format!(
+                "{}: dead-lettered without a failure context: {a:?}",
+                b.kind
+            ));
+            continue;
+        };
+        let message = &f.error_message;
         println!(
             "{:<32} {:<20} {}",
             b.kind,
-            get(attr::ERROR_CLASS),
+            f.error_class,
             message.chars().take(110).collect::<String>()
         );
-        if get(attr::ERROR_CLASS) != b.class || !message.contains(b.says) {
+        if f.error_class != b.class || !message.contains(b.says) {
             wrong.push(format!(
                 "{}: expected {} saying {:?}, got {} {message:?}",
-                b.kind,
-                b.class,
-                b.says,
-                get(attr::ERROR_CLASS)
+                b.kind, b.class, b.says, f.error_class
             ));
         }
-        if (get(attr::ATTEMPTS).as_str(), get(attr::ERROR_KIND).as_str()) != ("1", "permanent") {
+        if (f.attempts, f.error_kind.as_str()) != (1, "permanent") {
             wrong.push(format!(
                 "{}: not a permanent failure on attempt 1: {a:?}",
                 b.kind
