@@ -142,7 +142,8 @@ moto_up() {
     if pid_alive "$RUN/moto.pid" || moto_ready; then return 0; fi
     ensure_venv "$STATE/venv-moto" "$(command -v python3)" "${MOTO_PINS[@]}"
     log "starting moto on 127.0.0.1:$MOTO_PORT"
-    nohup "$STATE/venv-moto/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$LOGS/moto.log" 2>&1 &
+    # One request at a time, so conditional writes are atomic as in DynamoDB (see scripts/moto_server.py).
+    nohup "$STATE/venv-moto/bin/python" "$ROOT/scripts/moto_server.py" -H 127.0.0.1 -p "$MOTO_PORT" >"$LOGS/moto.log" 2>&1 &
     echo $! > "$RUN/moto.pid"
     wait_http "http://127.0.0.1:$MOTO_PORT/moto-api/" 30 || die "moto did not start (see $LOGS/moto.log)"
 }
