@@ -57,9 +57,17 @@ async fn killing_the_function_mid_batch_loses_nothing_and_duplicates_nothing() {
             continue;
         }
         let pid = function.pid().unwrap();
+        let before = stack.heartbeats().await.unwrap().len();
         let killer = async {
-            // Two rounds of two pings finish (and commit) before the kill; the rest are mid-flight.
-            tokio::time::sleep(Duration::from_millis(650)).await;
+            // Kill once two pings of this batch have committed (their redeliveries must be suppressed) while
+            // the rest are mid-flight. Waiting on the data, not a clock: a slow start would otherwise leave
+            // nothing committed before the kill.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while stack.heartbeats().await.unwrap().len() < before + 2
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let status = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
                 .status()
@@ -362,8 +370,7 @@ async fn localstack_unreachable_mid_run_loses_nothing_and_doubles_nothing() {
             .unwrap()
             .to_owned();
         assert!(
-            d.attributes
-                .contains_key(dualcaster::queue::attr::ERROR_CLASS),
+            !d.failure().error_class.is_empty(),
             "dead-lettered without a reason: {d:?}"
         );
         dead_keys.insert(id);
