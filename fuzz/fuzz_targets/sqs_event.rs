@@ -13,7 +13,7 @@ use dualcaster::context::{Services, TaskContext, Upstreams};
 use dualcaster::db::RunLog;
 use dualcaster::error::TaskError;
 use dualcaster::lease::memory::MemoryLeaseStore;
-use dualcaster::queue::{DeadLetter, Queue, QueueOps};
+use dualcaster::queue::{DeadLetter, MessageAttributes, Queue, QueueOps};
 use dualcaster::registry::{Registry, Task, TaskSpec};
 use dualcaster::report::{Counts, TaskReport};
 use dualcaster::runtime::{Invocation, Runtime};
@@ -75,6 +75,7 @@ impl QueueOps for MemoryQueue {
         &'a self,
         _dlq: &'a str,
         body: &'a str,
+        _own: &'a MessageAttributes,
         _record: &'a DeadLetter,
     ) -> BoxFuture<'a, Result<(), TaskError>> {
         self.dead.lock().unwrap().push(body.to_owned());

@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::envelope::Envelope;
 use crate::error::{from_sdk_error, TaskError};
 use crate::lease::LeaseStore;
-use crate::queue::Queue;
+use crate::queue::{MessageAttributes, Queue};
 use crate::telemetry::Progress;
 use crate::upstream::{Upstream, UpstreamConfig};
 
@@ -65,6 +65,8 @@ pub struct TaskContext {
     pub function_name: Arc<str>,
     pub(crate) deadline: Instant,
     pub(crate) services: Arc<Services>,
+    /// The message's own attributes, as its producer set them (none for a direct invoke).
+    pub(crate) attributes: Arc<MessageAttributes>,
 }
 
 impl TaskContext {
@@ -83,7 +85,20 @@ impl TaskContext {
             function_name,
             deadline,
             services,
+            attributes: Arc::default(),
         }
+    }
+
+    /// The same context for a message that carried `attributes`.
+    pub fn with_attributes(mut self, attributes: Arc<MessageAttributes>) -> Self {
+        self.attributes = attributes;
+        self
+    }
+
+    /// The message attributes its producer put on it (a correlation id, a trace header), whatever route the
+    /// message took: a retry, the DLQ and a redrive keep them. The runtime's own `dd.` attributes are not here.
+    pub fn attributes(&self) -> &MessageAttributes {
+        &self.attributes
     }
 
     pub fn db(&self) -> &PgPool {

@@ -20,7 +20,9 @@ use crate::envelope::Envelope;
 use crate::error::{class, TaskError};
 use crate::lease::{Acquire, Lease, LeaseKind, LeaseStore};
 use crate::metrics::{self, RunMetrics};
-use crate::queue::{DeadLetter, Queue, QueueOps};
+use crate::queue::{
+    producer_attributes, DeadLetter, MessageAttribute, MessageAttributes, Queue, QueueOps,
+};
 use crate::registry::{OnDuplicate, Registry, TaskOutput};
 use crate::report::{Counts, RunReport, Status};
 use crate::retry::{RetryDecision, RetryPolicy};
@@ -261,8 +263,14 @@ impl Runtime {
             let started_at = Utc::now();
             let clock = Instant::now();
             let body = record.body.as_deref().unwrap_or_default();
+            let attributes: MessageAttributes = record
+                .message_attributes
+                .iter()
+                .map(|(name, value)| (name.clone(), MessageAttribute::from_event(value)))
+                .collect();
+            let producers = Arc::new(producer_attributes(&attributes));
             let attempted = self
-                .attempt(Envelope::parse(body), message_id.clone(), attempt, invocation)
+                .attempt(Envelope::parse(body), message_id.clone(), attempt, producers, invocation)
                 .await;
             let duration = clock.elapsed();
 
@@ -303,8 +311,9 @@ impl Runtime {
                                 failed_at: Utc::now(),
                                 source_queue: self.queue.as_str().to_owned(),
                                 source_message_id: message_id.clone(),
+                                carried: MessageAttributes::new(),
                             };
-                            match self.queue_ops.dead_letter(&own.dlq, body, &dead).await {
+                            match self.queue_ops.dead_letter(&own.dlq, body, &attributes, &dead).await {
                                 Ok(()) => {
                                     warn!(error_class = err.class(), error = %err, "dead-lettered");
                                     (Status::Failed, Disposition::DeadLettered, false, false)
@@ -338,7 +347,13 @@ impl Runtime {
         let clock = Instant::now();
         let fallback_key = uuid::Uuid::new_v4().to_string();
         let attempted = self
-            .attempt(Envelope::from_value(payload), fallback_key, 1, invocation)
+            .attempt(
+                Envelope::from_value(payload),
+                fallback_key,
+                1,
+                Arc::default(),
+                invocation,
+            )
             .await;
         let status = match attempted.outcome {
             Outcome::Done(_) | Outcome::Replayed(_) => Status::Succeeded,
@@ -371,6 +386,7 @@ impl Runtime {
         parsed: Result<Envelope, TaskError>,
         fallback_key: String,
         attempt: u32,
+        attributes: Arc<MessageAttributes>,
         invocation: &Invocation,
     ) -> Attempted {
         let failed = |task: Option<String>, run_key: String, err: TaskError| Attempted {
@@ -507,7 +523,8 @@ impl Runtime {
             attempt,
             self.function_name.clone(),
             stop_at,
-        );
+        )
+        .with_attributes(attributes);
         let running = AssertUnwindSafe(spec.run(envelope.kwargs, ctx)).catch_unwind();
         let beat = heartbeat(
             leases.as_ref(),
@@ -828,6 +845,7 @@ mod tests {
             &'a self,
             dlq: &'a str,
             body: &'a str,
+            _own: &'a crate::queue::MessageAttributes,
             record: &'a DeadLetter,
         ) -> BoxFuture<'a, Result<(), TaskError>> {
             let down = self.dlq_down;

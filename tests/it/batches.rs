@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use dualcaster::local::event_source::invoke_function;
-use dualcaster::queue::{attr, Queue};
+use dualcaster::queue::Queue;
 use integration_tests::{ping, TestStack};
 use serde_json::json;
 
@@ -129,8 +129,8 @@ async fn a_mixed_batch_reports_only_its_failures() {
         .iter()
         .map(|d| {
             (
-                ids[d.attributes[attr::SOURCE_MESSAGE_ID].as_str()].to_owned(),
-                d.attributes[attr::ERROR_CLASS].clone(),
+                ids[d.failure().source_message_id.as_str()].to_owned(),
+                d.failure().error_class,
             )
         })
         .collect();
@@ -147,20 +147,27 @@ async fn a_mixed_batch_reports_only_its_failures() {
     .collect();
     assert_eq!(classes, expected);
     for d in &dead {
-        let name = ids[d.attributes[attr::SOURCE_MESSAGE_ID].as_str()];
+        let f = d.failure();
+        let name = ids[f.source_message_id.as_str()];
         assert_eq!(d.body, bodies[name], "{name}: the original body is kept");
-        assert_eq!(d.attributes[attr::ATTEMPTS], "1");
-        assert_eq!(d.attributes[attr::ERROR_KIND], "permanent");
-        assert_eq!(d.attributes[attr::SOURCE_QUEUE], "default");
-        assert!(d.attributes.contains_key(attr::FAILED_AT));
+        assert_eq!(f.attempts, 1);
+        assert_eq!(f.error_kind, "permanent");
+        assert_eq!(f.source_queue, "default");
+        assert!((chrono::Utc::now() - f.failed_at).num_seconds() < 60);
     }
     let unknown_kwarg = dead
         .iter()
         .find(|d| d.body == bodies["unknown-kwarg"])
         .unwrap();
-    assert!(unknown_kwarg.attributes[attr::ERROR_MESSAGE].contains("unknown field `colour`"));
+    assert!(unknown_kwarg
+        .failure()
+        .error_message
+        .contains("unknown field `colour`"));
     let panicked = dead.iter().find(|d| d.body == bodies["panic"]).unwrap();
-    assert!(panicked.attributes[attr::ERROR_MESSAGE].contains("drill: ping was asked to panic"));
+    assert!(panicked
+        .failure()
+        .error_message
+        .contains("drill: ping was asked to panic"));
 
     let heartbeats: BTreeSet<String> = sqlx::query_scalar("SELECT check_key FROM health_checks")
         .fetch_all(&stack.pool)
@@ -227,16 +234,13 @@ async fn a_failing_task_backs_off_then_lands_in_the_dlq_with_its_context() {
     assert_eq!(dead.len(), 1);
     let d = &dead[0];
     assert_eq!(d.body, body);
-    assert_eq!(d.attributes[attr::TASK], "ping");
-    assert_eq!(d.attributes[attr::ERROR_KIND], "retryable");
-    assert_eq!(d.attributes[attr::ERROR_CLASS], "task_retryable");
-    assert_eq!(d.attributes[attr::ATTEMPTS], "4");
-    assert_eq!(
-        d.attributes[attr::ERROR_MESSAGE],
-        "drill: retryable failure on attempt 4"
-    );
-    let failed_at = chrono::DateTime::parse_from_rfc3339(&d.attributes[attr::FAILED_AT]).unwrap();
-    assert!((chrono::Utc::now() - failed_at.to_utc()).num_seconds() < 60);
+    let f = d.failure();
+    assert_eq!(f.task.as_deref(), Some("ping"));
+    assert_eq!(f.error_kind, "retryable");
+    assert_eq!(f.error_class, "task_retryable");
+    assert_eq!(f.attempts, 4);
+    assert_eq!(f.error_message, "drill: retryable failure on attempt 4");
+    assert!((chrono::Utc::now() - f.failed_at).num_seconds() < 60);
     stack.cleanup().await;
 }
 
@@ -257,10 +261,11 @@ async fn a_poison_message_reaches_the_dlq_after_one_attempt() {
     let dead = stack.dead_letters(Queue::Default).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, poison);
-    assert_eq!(dead[0].attributes[attr::SOURCE_MESSAGE_ID], id);
-    assert_eq!(dead[0].attributes[attr::ERROR_CLASS], "malformed_message");
-    assert_eq!(dead[0].attributes[attr::ATTEMPTS], "1");
-    assert!(!dead[0].attributes.contains_key(attr::TASK));
+    let f = dead[0].failure();
+    assert_eq!(f.source_message_id, id);
+    assert_eq!(f.error_class, "malformed_message");
+    assert_eq!(f.attempts, 1);
+    assert_eq!(f.task, None);
     let (status, disposition, class): (String, String, String) = sqlx::query_as(
         "SELECT status, disposition, error_class FROM task_runs WHERE message_id = $1",
     )

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dualcaster::queue::{attr, Queue};
+use dualcaster::queue::Queue;
 use integration_tests::{ping, TestStack};
 use serde_json::json;
 
@@ -60,11 +60,7 @@ async fn postgres_restarting_mid_run_loses_nothing_and_doubles_nothing() {
     let dead = stack.dead_letters(Queue::Default).await.unwrap();
     let mut dead_keys = BTreeSet::new();
     for d in &dead {
-        assert_eq!(
-            d.attributes.get(attr::ERROR_CLASS).map(String::as_str),
-            Some("database_unavailable"),
-            "{d:?}"
-        );
+        assert_eq!(d.failure().error_class, "database_unavailable", "{d:?}");
         let id = serde_json::from_str::<serde_json::Value>(&d.body).unwrap()["id"]
             .as_str()
             .unwrap()

@@ -51,13 +51,14 @@ async fn dead_letter(stack: &TestStack, queue: Queue, task: &str, body: &str, cl
         failed_at: Utc::now(),
         source_queue: queue.as_str().into(),
         source_message_id: uuid::Uuid::new_v4().to_string(),
+        carried: Default::default(),
     };
     stack
         .sqs
         .send_message()
         .queue_url(stack.dlq_url(queue))
         .message_body(body)
-        .set_message_attributes(Some(record.to_attributes()))
+        .set_message_attributes(Some(record.to_attributes(&Default::default())))
         .send()
         .await
         .unwrap();

@@ -29,13 +29,14 @@ async fn dead_letter(stack: &TestStack, body: &str, class: &str) {
         failed_at: Utc::now(),
         source_queue: "default".into(),
         source_message_id: uuid::Uuid::new_v4().to_string(),
+        carried: Default::default(),
     };
     stack
         .sqs
         .send_message()
         .queue_url(stack.dlq_url(Queue::Default))
         .message_body(body)
-        .set_message_attributes(Some(record.to_attributes()))
+        .set_message_attributes(Some(record.to_attributes(&Default::default())))
         .send()
         .await
         .unwrap();
@@ -187,4 +188,220 @@ async fn purging_a_dlq_needs_a_confirmation_that_names_it() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stack.cleanup().await;
+}
+
+/// The producer's own attributes: a correlation id, a trace header with a custom type, bytes that are not
+/// UTF-8.
+fn own_attributes() -> dualcaster::queue::MessageAttributes {
+    use dualcaster::queue::MessageAttribute;
+    [
+        (
+            "correlation_id",
+            MessageAttribute::string("String", "order-7"),
+        ),
+        (
+            "traceparent",
+            MessageAttribute::string("String.w3c", "00-4bf92f3577b34da6-01"),
+        ),
+        (
+            "blob",
+            MessageAttribute {
+                data_type: "Binary".into(),
+                string_value: None,
+                binary_value: Some(vec![0xff, 0x00, 0x80]),
+            },
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+async fn send_with(
+    stack: &TestStack,
+    url: &str,
+    body: &str,
+    attrs: &dualcaster::queue::MessageAttributes,
+) {
+    stack
+        .sqs
+        .send_message()
+        .queue_url(url)
+        .message_body(body)
+        .set_message_attributes(Some(
+            attrs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_sdk().unwrap()))
+                .collect(),
+        ))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Dead letters used to keep only the runtime's `dd.*` attributes, and a redrive sent the body alone.
+#[tokio::test]
+async fn a_messages_own_attributes_survive_the_dlq_and_both_kinds_of_redrive() {
+    let stack = TestStack::start().await.unwrap();
+    let function = stack.function(Queue::Default, &[]).await.unwrap();
+    let source = stack.event_source(Queue::Default, 10).await.unwrap();
+    let own = own_attributes();
+    let failing = ping("attrs-failing", json!({"drill": "permanent"}));
+    send_with(&stack, stack.queue_url(Queue::Default), &failing, &own).await;
+    let dead_letter_with_own =
+        |stage: &str, attempts: Option<u32>, stack_dead: Vec<integration_tests::DeadLettered>| {
+            assert_eq!(stack_dead.len(), 1, "{stage}: {stack_dead:#?}");
+            let d = &stack_dead[0];
+            let mut attrs = d.message_attributes.clone();
+            assert!(attrs.remove("dd.failure").is_some(), "{d:?}");
+            assert_eq!(
+                attrs, own,
+                "the DLQ keeps the producer's attributes beside one of ours"
+            );
+            if let Some(attempts) = attempts {
+                assert_eq!(d.failure().attempts, attempts, "{stage}");
+            }
+            assert_eq!(d.failure().error_class, "task_failed", "{stage}");
+        };
+    stack
+        .drain(&source, &function, Duration::from_secs(30))
+        .await
+        .unwrap();
+    dead_letter_with_own(
+        "dead-lettered",
+        Some(1),
+        stack.dead_letters(Queue::Default).await.unwrap(),
+    );
+
+    // A filtered redrive sends it back as it was sent: the same attributes, none of ours.
+    let filter = json!({"queue": "default", "task": "ping", "dry_run": false});
+    let out = invoke(&function, json!({"task": "dlq_redrive", "kwargs": filter}))
+        .await
+        .unwrap();
+    assert_eq!(out["detail"]["moved"], 1, "{out}");
+    let back = stack
+        .read_all(stack.queue_url(Queue::Default))
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].message_attributes, own);
+    assert_eq!(back[0].body, failing);
+    stack
+        .drain(&source, &function, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Received twice: once by the look above.
+    dead_letter_with_own(
+        "after a filtered redrive",
+        Some(2),
+        stack.dead_letters(Queue::Default).await.unwrap(),
+    );
+
+    // SQS's own move keeps every attribute; failing again replaces our context rather than adding one.
+    let all = json!({"queue": "default", "dry_run": false});
+    invoke(&function, json!({"task": "dlq_redrive", "kwargs": all}))
+        .await
+        .unwrap();
+    wait_empty(&stack, stack.dlq_url(Queue::Default)).await;
+    stack
+        .drain(&source, &function, Duration::from_secs(30))
+        .await
+        .unwrap();
+    dead_letter_with_own(
+        "after SQS's move",
+        None,
+        stack.dead_letters(Queue::Default).await.unwrap(),
+    );
+    invoke(&function, json!({"task": "dlq_purge", "kwargs": {"queue": "default", "confirm": "purge default-dlq"}}))
+        .await
+        .unwrap();
+    wait_empty(&stack, stack.dlq_url(Queue::Default)).await;
+
+    // The task reads them, after a filtered redrive and after SQS's move, even with all ten SQS allows
+    // (then carried inside our context).
+    let ten: dualcaster::queue::MessageAttributes = (0..10)
+        .map(|i| {
+            (
+                format!("a{i}"),
+                dualcaster::queue::MessageAttribute::string("String", format!("v{i}")),
+            )
+        })
+        .collect();
+    for (id, attrs, kwargs) in [
+        (
+            "attrs-filtered",
+            &own,
+            json!({"queue": "default", "error_class": "database_unavailable", "dry_run": false}),
+        ),
+        (
+            "attrs-moved",
+            &ten,
+            json!({"queue": "default", "dry_run": false}),
+        ),
+    ] {
+        let record = DeadLetter {
+            task: Some("ping".into()),
+            error_kind: "retryable".into(),
+            error_class: "database_unavailable".into(),
+            error_message: "database down".into(),
+            attempts: 4,
+            failed_at: Utc::now(),
+            source_queue: "default".into(),
+            source_message_id: id.into(),
+            carried: Default::default(),
+        };
+        let dlq_attrs = record.message_attributes(attrs);
+        assert!(dlq_attrs.len() <= 10);
+        send_with(
+            &stack,
+            stack.dlq_url(Queue::Default),
+            &ping(id, json!({})),
+            &dlq_attrs,
+        )
+        .await;
+        invoke(&function, json!({"task": "dlq_redrive", "kwargs": kwargs}))
+            .await
+            .unwrap();
+        wait_empty(&stack, stack.dlq_url(Queue::Default)).await;
+        stack
+            .drain(&source, &function, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let detail: Value = sqlx::query_scalar(
+            "SELECT detail FROM task_runs WHERE run_key = $1 AND status = 'succeeded'",
+        )
+        .bind(id)
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+        let expected: serde_json::Map<String, Value> = attrs
+            .iter()
+            .map(|(k, v)| {
+                let shown = match (&v.string_value, &v.binary_value) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(b)) => format!("({} bytes)", b.len()),
+                    (None, None) => String::new(),
+                };
+                (k.clone(), Value::String(shown))
+            })
+            .collect();
+        assert_eq!(
+            detail["attributes"],
+            Value::Object(expected),
+            "{id}: {detail}"
+        );
+    }
+    stack.cleanup().await;
+}
+
+/// Waits until a queue holds nothing.
+async fn wait_empty(stack: &TestStack, url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stack.depth(url).await.unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} did not empty"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -34,7 +34,18 @@ pub struct TestStack {
 #[derive(Debug, Clone)]
 pub struct DeadLettered {
     pub body: String,
+    /// String-valued attributes by name.
     pub attributes: HashMap<String, String>,
+    /// Every attribute as SQS returned it.
+    pub message_attributes: dualcaster::queue::MessageAttributes,
+}
+
+impl DeadLettered {
+    /// The failure context the runtime put on the message (its `dd.failure` attribute).
+    pub fn failure(&self) -> dualcaster::queue::DeadLetter {
+        dualcaster::queue::DeadLetter::from_attributes(|name| self.attributes.get(name).cloned())
+            .unwrap_or_else(|| panic!("no failure context on {self:?}"))
+    }
 }
 
 impl TestStack {
@@ -207,15 +218,22 @@ impl TestStack {
             + get(QueueAttributeName::ApproximateNumberOfMessagesDelayed))
     }
 
-    /// Reads every message of a DLQ (hiding them for 30 s; nothing is deleted).
+    /// Reads every message of a DLQ (nothing is deleted; all are visible again afterwards).
     pub async fn dead_letters(&self, queue: Queue) -> Result<Vec<DeadLettered>> {
+        self.read_all(self.dlq_url(queue)).await
+    }
+
+    /// Reads every message of a queue URL (each hidden while the read goes on, so that every receive brings
+    /// new ones, and made visible again at the end; nothing is deleted).
+    pub async fn read_all(&self, url: &str) -> Result<Vec<DeadLettered>> {
         let mut out = Vec::new();
+        let mut receipts = Vec::new();
         let mut seen = std::collections::HashSet::new();
         loop {
             let got = self
                 .sqs
                 .receive_message()
-                .queue_url(self.dlq_url(queue))
+                .queue_url(url)
                 .max_number_of_messages(10)
                 .visibility_timeout(30)
                 .wait_time_seconds(if out.is_empty() { 1 } else { 0 })
@@ -231,9 +249,25 @@ impl TestStack {
                 })?;
             let messages = got.messages.unwrap_or_default();
             if messages.is_empty() {
+                for receipt in receipts {
+                    self.sqs
+                        .change_message_visibility()
+                        .queue_url(url)
+                        .receipt_handle(receipt)
+                        .visibility_timeout(0)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            anyhow!(
+                                "ChangeMessageVisibility: {}",
+                                aws_sdk_sqs::error::DisplayErrorContext(&e)
+                            )
+                        })?;
+                }
                 return Ok(out);
             }
             for m in messages {
+                receipts.push(m.receipt_handle().unwrap_or_default().to_owned());
                 if !seen.insert(m.message_id().unwrap_or_default().to_owned()) {
                     continue;
                 }
@@ -247,9 +281,20 @@ impl TestStack {
                             .collect()
                     })
                     .unwrap_or_default();
+                let message_attributes = m
+                    .message_attributes()
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| {
+                                (k.clone(), dualcaster::queue::MessageAttribute::from_sdk(v))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 out.push(DeadLettered {
                     body: m.body().unwrap_or_default().to_owned(),
                     attributes,
+                    message_attributes,
                 });
             }
         }
@@ -368,4 +413,34 @@ impl CuttableProxy {
     pub fn restore(&self) {
         self.open.store(true, std::sync::atomic::Ordering::Release);
     }
+}
+
+/// A property-test runner with a fixed seed (`DD_TEST_SEED`, 32 hex digits, overrides it) and `ci_cases`
+/// cases, or `deep_cases` when `DD_TEST_DEEP=1` (`make test-deep`). Failures print the seed and the input,
+/// shrunk in at most `shrink_steps` steps (cases against the local stack take seconds each).
+pub fn generated_cases(
+    ci_cases: u32,
+    deep_cases: u32,
+    shrink_steps: u32,
+) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let deep = std::env::var("DD_TEST_DEEP").is_ok_and(|v| v == "1");
+    let seed = std::env::var("DD_TEST_SEED")
+        .unwrap_or_else(|_| "d0a1ca57e7de0a15d0a1ca57e7de0a15".to_owned());
+    let bytes: Vec<u8> = (0..seed.len().min(32))
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(seed.get(i..i + 2)?, 16).ok())
+        .collect();
+    let mut key = [0u8; 32];
+    for (k, b) in key.iter_mut().zip(bytes.iter().cycle()) {
+        *k = *b;
+    }
+    eprintln!("generated cases: seed {seed} (set DD_TEST_SEED to change it), deep={deep}");
+    let config = Config {
+        cases: if deep { deep_cases } else { ci_cases },
+        failure_persistence: None,
+        max_shrink_iters: shrink_steps,
+        ..Config::default()
+    };
+    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key))
 }

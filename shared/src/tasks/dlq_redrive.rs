@@ -1,23 +1,26 @@
 //! `dlq_redrive`: replays dead-lettered messages into their source queue, all of them or those matching a
 //! task, an error class and a time window; with a dry run (the default) and a rate limit.
 //!
-//! An unfiltered redrive is handed to SQS itself (`StartMessageMoveTask`). A filtered one receives from the
-//! DLQ, sends each matching message's original body back to the source queue and only then deletes it from
-//! the DLQ (a crash in between leaves a duplicate, which idempotent tasks absorb, never a loss); messages
-//! that do not match are made visible again at once.
+//! An unfiltered redrive of no more than `max_messages` is handed to SQS itself (`StartMessageMoveTask`).
+//! Any other scans the whole DLQ: it sends each matching message back to the source queue as its producer
+//! sent it (the body and their own attributes) and only then deletes it from the DLQ (a crash in between
+//! leaves a duplicate, which idempotent tasks absorb, never a loss). Messages it examines and does not move
+//! stay hidden until the scan ends, then are made visible again together. A real run the deadline cuts
+//! short continues in a follow-up message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
 use chrono::{DateTime, Utc};
 use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
 use crate::context::TaskContext;
 use crate::error::{from_sdk_error, TaskError};
-use crate::queue::{DeadLetter, Queue};
+use crate::envelope::Envelope;
+use crate::queue::{producer_attributes, DeadLetter, MessageAttribute, MessageAttributes, Queue};
 use crate::registry::{OnDuplicate, SingleInstance, Task};
 use crate::report::{Counts, TaskReport};
 use crate::retry::RetryPolicy;
@@ -102,15 +105,23 @@ pub struct RedriveSample {
 pub struct DlqRedriveReport {
     pub queue: Queue,
     pub dry_run: bool,
+    /// Messages the DLQ held when the run started (SQS's approximate count of visible messages).
+    pub depth_seen: u64,
     /// Messages examined.
     pub scanned: u64,
-    /// Messages that match the filters.
+    /// Whether the scan reached the end of the DLQ; when not, `continuation` names the follow-up that
+    /// carries on a real redrive.
+    pub complete: bool,
+    /// Messages that match the filters (all of them, also beyond `max_messages`).
     pub matched: u64,
     /// Messages sent back to the source queue (and deleted from the DLQ).
     pub moved: u64,
     /// Set when SQS's own message move task does the (unfiltered) work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub move_task_handle: Option<String>,
+    /// The id of the follow-up message that carries on a real redrive the deadline cut short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<String>,
     /// Up to ten of the matching messages.
     pub samples: Vec<RedriveSample>,
 }
@@ -121,8 +132,8 @@ impl TaskReport for DlqRedriveReport {
     }
 }
 
-/// How long examined messages stay hidden during a scan (released at once when they do not match).
-const SCAN_HIDE_SECS: i32 = 30;
+/// Time kept back at the end of a run to release what the scan holds and to hand the rest on.
+const RESERVE: Duration = Duration::from_secs(5);
 
 impl Task for DlqRedrive {
     const NAME: &'static str = "dlq_redrive";
@@ -142,14 +153,18 @@ impl Task for DlqRedrive {
         let mut report = DlqRedriveReport {
             queue: args.queue,
             dry_run: args.dry_run,
+            depth_seen: queue_depth(&ctx, &urls.dlq).await?,
             scanned: 0,
+            complete: false,
             matched: 0,
             moved: 0,
             move_task_handle: None,
+            continuation: None,
             samples: Vec::new(),
         };
 
-        if !args.filtered() && !args.dry_run {
+        // SQS moves a whole DLQ itself, but cannot stop at `max_messages`: a smaller cap is scanned below.
+        if !args.filtered() && !args.dry_run && report.depth_seen <= u64::from(args.max_messages) {
             let arn = |url: String| async move {
                 sqs.get_queue_attributes()
                     .queue_url(&url)
@@ -161,7 +176,6 @@ impl Task for DlqRedrive {
             };
             let source = arn(urls.dlq.clone()).await?;
             let destination = arn(urls.queue.clone()).await?;
-            let depth = queue_depth(&ctx, &urls.dlq).await?;
             let started = sqs
                 .start_message_move_task()
                 .source_arn(source)
@@ -170,91 +184,146 @@ impl Task for DlqRedrive {
                 .send()
                 .await
                 .map_err(|e| from_sdk_error("StartMessageMoveTask", e))?;
-            report.matched = depth;
+            report.matched = report.depth_seen;
+            report.complete = true;
             report.move_task_handle = started.task_handle().map(str::to_owned);
-            tracing::warn!(queue = %args.queue, messages = depth, "redriving the whole DLQ with a message move task");
+            tracing::warn!(queue = %args.queue, messages = report.depth_seen, "redriving the whole DLQ with a message move task");
             return Ok(report);
         }
 
         let pacer = RateLimiter::direct(Quota::per_second(NonZeroU32::new(args.rate_per_second).unwrap_or(NonZeroU32::MIN)));
-        let mut seen = std::collections::HashSet::new();
-        'scan: while ctx.remaining() > Duration::from_secs(5) {
-            let out = sqs
-                .receive_message()
-                .queue_url(&urls.dlq)
-                .max_number_of_messages(10)
-                .visibility_timeout(SCAN_HIDE_SECS)
-                .wait_time_seconds(0)
-                .message_attribute_names("All")
-                .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-                .send()
-                .await
-                .map_err(|e| from_sdk_error("ReceiveMessage (DLQ)", e))?;
-            let messages = out.messages.unwrap_or_default();
-            if messages.is_empty() {
-                break;
-            }
-            let mut new = 0;
-            for m in messages {
-                let id = m.message_id().unwrap_or_default().to_owned();
-                let receipt = m.receipt_handle().unwrap_or_default().to_owned();
-                if !seen.insert(id.clone()) {
-                    // Seen earlier in this scan and received again: leave it visible for others.
-                    let _ = sqs.change_message_visibility().queue_url(&urls.dlq).receipt_handle(&receipt).visibility_timeout(0).send().await;
-                    continue;
-                }
-                new += 1;
-                report.scanned += 1;
-                let attributes: HashMap<&str, String> = m
-                    .message_attributes()
-                    .map(|a| a.iter().filter_map(|(k, v)| v.string_value().map(|s| (k.as_str(), s.to_owned()))).collect())
-                    .unwrap_or_default();
-                let dead = DeadLetter::from_attributes(|name| attributes.get(name).cloned());
-                let wanted = args.matches(dead.as_ref()) && report.matched < u64::from(args.max_messages);
-                if !wanted || args.dry_run {
-                    // Not ours to move (or only looking): visible again at once.
-                    let _ = sqs.change_message_visibility().queue_url(&urls.dlq).receipt_handle(&receipt).visibility_timeout(0).send().await;
-                }
-                if !wanted {
-                    continue;
-                }
-                report.matched += 1;
-                if report.samples.len() < 10 {
-                    report.samples.push(RedriveSample {
-                        message_id: id.clone(),
-                        task: dead.as_ref().and_then(|d| d.task.clone()),
-                        error_class: dead.as_ref().map(|d| d.error_class.clone()),
-                        failed_at: dead.as_ref().map(|d| d.failed_at),
-                    });
-                }
-                if args.dry_run {
-                    continue;
-                }
-                pacer.until_ready().await;
-                // Send first, delete second: a failure in between duplicates, never loses.
-                sqs.send_message()
-                    .queue_url(&urls.queue)
-                    .message_body(m.body().unwrap_or_default())
-                    .send()
-                    .await
-                    .map_err(|e| from_sdk_error("SendMessage (redrive)", e))?;
-                sqs.delete_message()
+        // Every message examined and not moved stays hidden until the scan ends, so that each receive brings
+        // new ones (released at once, SQS would hand the same ten back); all are released at the end. Should
+        // this run die, they come back on their own when the hiding ends.
+        let hide_secs = (ctx.remaining() + Duration::from_secs(30)).as_secs().min(crate::retry::MAX_VISIBILITY.as_secs()) as i32;
+        let mut held: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        let result = async {
+            while ctx.remaining() > RESERVE {
+                let out = sqs
+                    .receive_message()
                     .queue_url(&urls.dlq)
-                    .receipt_handle(&receipt)
+                    .max_number_of_messages(10)
+                    .visibility_timeout(hide_secs)
+                    // A short poll can miss messages on a few of SQS's hosts; the last look waits a second.
+                    .wait_time_seconds(if report.scanned >= report.depth_seen { 1 } else { 0 })
+                    .message_attribute_names("All")
+                    .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
                     .send()
                     .await
-                    .map_err(|e| from_sdk_error("DeleteMessage (DLQ)", e))?;
-                report.moved += 1;
-                tracing::info!(message_id = %id, queue = %args.queue, "redriven");
-                if report.moved >= u64::from(args.max_messages) {
-                    break 'scan;
+                    .map_err(|e| from_sdk_error("ReceiveMessage (DLQ)", e))?;
+                let messages = out.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    if report.scanned >= report.depth_seen {
+                        report.complete = true;
+                        break;
+                    }
+                    continue;
+                }
+                for m in messages {
+                    let id = m.message_id().unwrap_or_default().to_owned();
+                    let receipt = m.receipt_handle().unwrap_or_default().to_owned();
+                    if !seen.insert(id.clone()) {
+                        held.push(receipt);
+                        continue;
+                    }
+                    report.scanned += 1;
+                    let attributes: MessageAttributes = m
+                        .message_attributes()
+                        .map(|a| a.iter().map(|(k, v)| (k.clone(), MessageAttribute::from_sdk(v))).collect())
+                        .unwrap_or_default();
+                    let dead = DeadLetter::from_attributes(|name| attributes.get(name).and_then(|a| a.string_value.clone()));
+                    if !args.matches(dead.as_ref()) {
+                        held.push(receipt);
+                        continue;
+                    }
+                    report.matched += 1;
+                    if report.samples.len() < 10 {
+                        report.samples.push(RedriveSample {
+                            message_id: id.clone(),
+                            task: dead.as_ref().and_then(|d| d.task.clone()),
+                            error_class: dead.as_ref().map(|d| d.error_class.clone()),
+                            failed_at: dead.as_ref().map(|d| d.failed_at),
+                        });
+                    }
+                    if args.dry_run || report.moved >= u64::from(args.max_messages) {
+                        held.push(receipt);
+                        continue;
+                    }
+                    pacer.until_ready().await;
+                    // The message as its producer sent it: the body and their own attributes, without ours.
+                    let own: HashMap<String, _> = producer_attributes(&attributes)
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.to_sdk()?)))
+                        .collect();
+                    // Send first, delete second: a failure in between duplicates, never loses.
+                    sqs.send_message()
+                        .queue_url(&urls.queue)
+                        .message_body(m.body().unwrap_or_default())
+                        .set_message_attributes((!own.is_empty()).then_some(own))
+                        .send()
+                        .await
+                        .map_err(|e| from_sdk_error("SendMessage (redrive)", e))?;
+                    sqs.delete_message()
+                        .queue_url(&urls.dlq)
+                        .receipt_handle(&receipt)
+                        .send()
+                        .await
+                        .map_err(|e| from_sdk_error("DeleteMessage (DLQ)", e))?;
+                    report.moved += 1;
+                    tracing::info!(message_id = %id, queue = %args.queue, "redriven");
                 }
             }
-            if new == 0 {
-                break;
-            }
+            Ok::<(), TaskError>(())
+        }
+        .await;
+        release(&ctx, &urls.dlq, &held).await;
+        result?;
+
+        if !report.complete && !args.dry_run && report.moved < u64::from(args.max_messages) {
+            let mut rest = args.clone();
+            rest.max_messages = args.max_messages.saturating_sub(report.moved as u32).max(1);
+            let kwargs = serde_json::to_value(&rest).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default();
+            let id = format!("{}:continued:{}", ctx.run_key, report.moved);
+            // A few seconds later, so this run has released its lease when the follow-up arrives.
+            ctx.enqueue(Self::QUEUE, &Envelope::new(Self::NAME, kwargs).with_id(&id), 5).await?;
+            tracing::warn!(scanned = report.scanned, depth = report.depth_seen, continuation = %id, "deadline near: the redrive continues in a follow-up");
+            report.continuation = Some(id);
         }
         Ok(report)
+    }
+}
+
+/// Makes held messages visible again at once, ten per call. Best effort: what is not released comes back
+/// when its hiding ends.
+async fn release(ctx: &TaskContext, dlq: &str, receipts: &[String]) {
+    for (n, chunk) in receipts.chunks(10).enumerate() {
+        let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(format!("m{i}"))
+                    .receipt_handle(r)
+                    .visibility_timeout(0)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let sent = ctx
+            .sqs()
+            .change_message_visibility_batch()
+            .queue_url(dlq)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match sent {
+            Ok(out) if !out.failed().is_empty() => {
+                tracing::warn!(batch = n, failed = out.failed().len(), "some scanned dead letters stay hidden until their timeout")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(batch = n, error = %from_sdk_error("ChangeMessageVisibilityBatch", e), "scanned dead letters stay hidden until their timeout"),
+        }
     }
 }
 
@@ -290,6 +359,7 @@ mod tests {
             failed_at: at.parse().unwrap(),
             source_queue: "default".into(),
             source_message_id: "m".into(),
+            carried: Default::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! heartbeat per run. Its `drill` argument makes it fail on purpose, so operators can rehearse the retry
 //! and dead-letter path (and its alarms) in a real environment.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -54,6 +55,10 @@ pub struct PingReport {
     pub db_roundtrip_us: u64,
     /// False when this run's key already had a heartbeat (a redelivery): nothing new was written.
     pub recorded: bool,
+    /// The message attributes its producer set (a correlation id, a trace header), by name: what a task can
+    /// read of them after retries, the DLQ and a redrive. Binary values are shown by their length.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 impl TaskReport for PingReport {
@@ -123,6 +128,18 @@ impl Task for Ping {
             db_time,
             db_roundtrip_us,
             recorded: inserted == 1,
+            attributes: ctx
+                .attributes()
+                .iter()
+                .map(|(name, a)| {
+                    let shown = match (&a.string_value, &a.binary_value) {
+                        (Some(s), _) => s.clone(),
+                        (None, Some(b)) => format!("({} bytes)", b.len()),
+                        (None, None) => String::new(),
+                    };
+                    (name.clone(), shown)
+                })
+                .collect(),
         })
     }
 }
