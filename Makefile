@@ -5,7 +5,7 @@ CLI := ./target/debug/dualcaster
 KWARGS ?= {}
 comma := ,
 
-.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics bench-runtime package dlq-report redrive purge-dlq bench-event-source run mcp ops fuzz bench-load test-faults
+.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics bench-runtime package dlq-report redrive purge-dlq bench-event-source run mcp ops fuzz bench-load test-faults test-deep
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test-slow: setup ## Tests that wait on real time, like a real EventBridge rule f
 
 test-faults: setup ## Fault scenarios that stop shared services (Postgres), one at a time; prints their counts
 	$(CARGO) test -p integration-tests -- --include-ignored --test-threads=1 --nocapture disruptive:: faults::
+
+test-deep: setup ## The model-based and generated tests with many more cases (DD_TEST_SEED=<32 hex digits> for another seed)
+	DD_TEST_DEEP=1 $(CARGO) test -p integration-tests --test model -- --nocapture
 
 test-unit: ## Unit tests only (no services needed)
 	$(CARGO) test --workspace --lib --bins

@@ -1,0 +1,8 @@
+//! Model-based and generated tests: each compares the product with an oracle that does not come from its
+//! code (a naive reference model written from the AWS documentation or the product's contracts), on inputs
+//! generated from a fixed seed. `make test` runs a bounded number of cases; `make test-deep` many more.
+
+mod batch;
+mod cron;
+mod dlq;
+mod ingestion;
