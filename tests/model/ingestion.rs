@@ -100,12 +100,20 @@ fn card() -> impl Strategy<Value = Card> {
     ];
     (
         (0usize..40, "\\PC{1,24}", "[a-zA-Z0-9]{3,5}", number),
-        (prop::sample::select(vec!["common", "uncommon", "rare", "mythic", "special"]), finishes),
+        (
+            prop::sample::select(vec!["common", "uncommon", "rare", "mythic", "special"]),
+            finishes,
+        ),
         (prop::option::of(1i32..i32::MAX), any::<bool>()),
         (prop::collection::vec(quote(), 6), defect),
     )
         .prop_map(
-            |((id, name, set, collector_number), (rarity, finishes), (tcgplayer_id, double_faced), (quotes, defect))| Card {
+            |(
+                (id, name, set, collector_number),
+                (rarity, finishes),
+                (tcgplayer_id, double_faced),
+                (quotes, defect),
+            )| Card {
                 id,
                 name,
                 set,
@@ -151,7 +159,10 @@ fn card_json(c: &Card) -> String {
             json!([{"name": "front", "image_uris": {"normal": image}}, {"name": "back", "image_uris": {"normal": "back.jpg"}}]),
         );
     } else {
-        o.insert("image_uris".into(), json!({"normal": image, "small": "small.jpg"}));
+        o.insert(
+            "image_uris".into(),
+            json!({"normal": image, "small": "small.jpg"}),
+        );
     }
     // Prices are written by hand so that JSON numbers keep the text generated.
     let mut prices = Vec::new();
@@ -180,10 +191,20 @@ fn decimal(text: &str) -> Decimal {
     Decimal::new(digits, frac.len() as u32)
 }
 
+/// A printing's stored fields: name, set code, collector number, rarity, finishes, TCGplayer id, image.
+type PrintingFields = (
+    String,
+    String,
+    String,
+    String,
+    Vec<String>,
+    Option<i32>,
+    Option<String>,
+);
+
 #[derive(Debug, Default, PartialEq)]
 struct Catalog {
-    /// id -> (name, set_code, collector_number, rarity, finishes, tcgplayer_id, image_uri)
-    printings: BTreeMap<String, (String, String, String, String, Vec<String>, Option<i32>, Option<String>)>,
+    printings: BTreeMap<String, PrintingFields>,
     /// (id, finish, currency) -> price
     prices: BTreeMap<(String, String, String), Decimal>,
 }
@@ -207,12 +228,18 @@ fn reference(cards: &[Card]) -> (Catalog, u64) {
                 c.rarity.to_owned(),
                 c.finishes.iter().map(|f| f.to_string()).collect(),
                 c.tcgplayer_id,
-                Some(format!("https://cards.scryfall.io/normal/front/{}.jpg", c.id)),
+                Some(format!(
+                    "https://cards.scryfall.io/normal/front/{}.jpg",
+                    c.id
+                )),
             ),
         );
         for ((_, finish, currency), q) in FIELDS.iter().zip(&c.quotes) {
             if let Quote::Text(t) | Quote::Number(t) = q {
-                catalog.prices.insert((id.clone(), finish.to_string(), currency.to_string()), decimal(t));
+                catalog.prices.insert(
+                    (id.clone(), finish.to_string(), currency.to_string()),
+                    decimal(t),
+                );
             }
         }
     }
@@ -220,7 +247,16 @@ fn reference(cards: &[Card]) -> (Catalog, u64) {
 }
 
 async fn stored(stack: &TestStack) -> Catalog {
-    type Printing = (String, String, String, String, String, Vec<String>, Option<i32>, Option<String>);
+    type Printing = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        Vec<String>,
+        Option<i32>,
+        Option<String>,
+    );
     let printings: Vec<Printing> = sqlx::query_as(
         "SELECT scryfall_id::text, name, set_code, collector_number, rarity, finishes, tcgplayer_id, image_uri FROM printings",
     )
@@ -236,18 +272,30 @@ async fn stored(stack: &TestStack) -> Catalog {
     .await
     .expect("prices");
     Catalog {
-        printings: printings.into_iter().map(|(id, n, s, c, r, f, t, i)| (id, (n, s, c, r, f, t, i))).collect(),
-        prices: prices.into_iter().map(|(id, f, c, p)| ((id, f, c), p)).collect(),
+        printings: printings
+            .into_iter()
+            .map(|(id, n, s, c, r, f, t, i)| (id, (n, s, c, r, f, t, i)))
+            .collect(),
+        prices: prices
+            .into_iter()
+            .map(|(id, f, c, p)| ((id, f, c), p))
+            .collect(),
     }
 }
 
 async fn check_file(cards: Vec<Card>, batch_size: u32) -> Result<(), TestCaseError> {
     let stack = TestStack::start().await.expect("stack");
     let server = FixtureServer::start().await.expect("stub");
-    let file = format!("[{}]", cards.iter().map(card_json).collect::<Vec<_>>().join(",\n"));
+    let file = format!(
+        "[{}]",
+        cards.iter().map(card_json).collect::<Vec<_>>().join(",\n")
+    );
     server.publish_bulk("default_cards", VERSION, file.into_bytes());
     let function = stack
-        .function(Queue::Ingestion, &[("DD_SCRYFALL_BASE_URL", server.base_url.as_str())])
+        .function(
+            Queue::Ingestion,
+            &[("DD_SCRYFALL_BASE_URL", server.base_url.as_str())],
+        )
         .await
         .expect("function");
     let report = match function
@@ -256,7 +304,7 @@ async fn check_file(cards: Vec<Card>, batch_size: u32) -> Result<(), TestCaseErr
         .expect("invoke")
     {
         Invoked::Outcome(InvokeOutcome::Response(r)) => r,
-        other => panic!("ingestion: {other:?}"),
+        other => return Err(TestCaseError::fail(format!("ingestion: {other:?}"))),
     };
     let (expected, malformed) = reference(&cards);
     let d = &report["detail"];
@@ -277,12 +325,16 @@ async fn check_file(cards: Vec<Card>, batch_size: u32) -> Result<(), TestCaseErr
     .expect("sums");
     let mut expected_sums: BTreeMap<(String, String), (Decimal, i64)> = BTreeMap::new();
     for ((_, finish, currency), price) in &expected.prices {
-        let e = expected_sums.entry((finish.clone(), currency.clone())).or_default();
+        let e = expected_sums
+            .entry((finish.clone(), currency.clone()))
+            .or_default();
         e.0 += price;
         e.1 += 1;
     }
-    let got_sums: BTreeMap<(String, String), (Decimal, i64)> =
-        sums.into_iter().map(|(f, c, s, n)| ((f, c), (s, n))).collect();
+    let got_sums: BTreeMap<(String, String), (Decimal, i64)> = sums
+        .into_iter()
+        .map(|(f, c, s, n)| ((f, c), (s, n)))
+        .collect();
     prop_assert_eq!(got_sums, expected_sums);
     drop(function);
     stack.cleanup().await;
@@ -293,8 +345,10 @@ async fn check_file(cards: Vec<Card>, batch_size: u32) -> Result<(), TestCaseErr
 fn generated_bulk_files_land_as_a_plain_reading_of_them_says() {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     let mut runner = generated_cases(8, 100, 24);
-    let case = (prop::collection::vec(card(), 0..=120), 1u32..=50);
-    let result = runner.run(&case, |(cards, batch_size)| rt.block_on(check_file(cards, batch_size)));
+    let case = (prop::collection::vec(card(), 0..=120), 10u32..=60);
+    let result = runner.run(&case, |(cards, batch_size)| {
+        rt.block_on(check_file(cards, batch_size))
+    });
     if let Err(e) = result {
         panic!("{e}");
     }

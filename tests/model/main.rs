@@ -6,3 +6,4 @@ mod batch;
 mod cron;
 mod dlq;
 mod ingestion;
+mod mtgjson;
