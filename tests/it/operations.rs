@@ -3,7 +3,7 @@ use std::time::Duration;
 use chrono::Utc;
 use dualcaster::local::function::{Invoked, LocalFunction};
 use dualcaster::local::runtime_api::InvokeOutcome;
-use dualcaster::queue::{DeadLetter, Queue};
+use dualcaster::queue::{DeadLetter, MessageAttributes, Queue};
 use integration_tests::{ping, TestStack};
 use serde_json::{json, Value};
 
@@ -20,6 +20,11 @@ async fn invoke(function: &LocalFunction, payload: Value) -> Result<Value, (Stri
 
 /// Puts `body` in the default DLQ as the runtime would have after a failure of `class`.
 async fn dead_letter(stack: &TestStack, body: &str, class: &str) {
+    dead_letter_with(stack, body, class, &Default::default()).await;
+}
+
+/// [`dead_letter`] of a message that carried its producer's attributes `own`.
+async fn dead_letter_with(stack: &TestStack, body: &str, class: &str, own: &MessageAttributes) {
     let record = DeadLetter {
         task: Some("ping".into()),
         error_kind: "retryable".into(),
@@ -36,7 +41,7 @@ async fn dead_letter(stack: &TestStack, body: &str, class: &str) {
         .send_message()
         .queue_url(stack.dlq_url(Queue::Default))
         .message_body(body)
-        .set_message_attributes(Some(record.to_attributes(&Default::default())))
+        .set_message_attributes(Some(record.to_attributes(own)))
         .send()
         .await
         .unwrap();
@@ -192,7 +197,7 @@ async fn purging_a_dlq_needs_a_confirmation_that_names_it() {
 
 /// The producer's own attributes: a correlation id, a trace header with a custom type, bytes that are not
 /// UTF-8.
-fn own_attributes() -> dualcaster::queue::MessageAttributes {
+fn own_attributes() -> MessageAttributes {
     use dualcaster::queue::MessageAttribute;
     [
         (
@@ -319,7 +324,7 @@ async fn a_messages_own_attributes_survive_the_dlq_and_both_kinds_of_redrive() {
 
     // The task reads them, after a filtered redrive and after SQS's move, even with all ten SQS allows
     // (then carried inside our context).
-    let ten: dualcaster::queue::MessageAttributes = (0..10)
+    let ten: MessageAttributes = (0..10)
         .map(|i| {
             (
                 format!("a{i}"),
@@ -339,26 +344,7 @@ async fn a_messages_own_attributes_survive_the_dlq_and_both_kinds_of_redrive() {
             json!({"queue": "default", "dry_run": false}),
         ),
     ] {
-        let record = DeadLetter {
-            task: Some("ping".into()),
-            error_kind: "retryable".into(),
-            error_class: "database_unavailable".into(),
-            error_message: "database down".into(),
-            attempts: 4,
-            failed_at: Utc::now(),
-            source_queue: "default".into(),
-            source_message_id: id.into(),
-            carried: Default::default(),
-        };
-        let dlq_attrs = record.message_attributes(attrs);
-        assert!(dlq_attrs.len() <= 10);
-        send_with(
-            &stack,
-            stack.dlq_url(Queue::Default),
-            &ping(id, json!({})),
-            &dlq_attrs,
-        )
-        .await;
+        dead_letter_with(&stack, &ping(id, json!({})), "database_unavailable", attrs).await;
         invoke(&function, json!({"task": "dlq_redrive", "kwargs": kwargs}))
             .await
             .unwrap();
