@@ -391,3 +391,56 @@ async fn wait_empty(stack: &TestStack, url: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A real redrive the deadline cuts short hands the rest to a follow-up message, which carries on until every
+/// matching dead letter has moved, each exactly once, and the others stay.
+#[tokio::test]
+async fn a_redrive_cut_short_by_its_deadline_continues_in_a_follow_up() {
+    let stack = TestStack::start().await.unwrap();
+    // Eight seconds per invocation: a redrive stops five seconds before its deadline.
+    let function = stack
+        .function_with_timeout(Queue::Default, &[], Duration::from_secs(8))
+        .await
+        .unwrap();
+    let source = stack.event_source(Queue::Default, 10).await.unwrap();
+    for i in 0..40 {
+        dead_letter(
+            &stack,
+            &ping(&format!("outage-{i:02}"), json!({})),
+            "database_unavailable",
+        )
+        .await;
+    }
+    for i in 0..5 {
+        dead_letter(&stack, &ping(&format!("bad-{i}"), json!({})), "task_failed").await;
+    }
+    let filter = json!({"queue": "default", "error_class": "database_unavailable",
+                        "dry_run": false, "rate_per_second": 5});
+    let first = invoke(&function, json!({"task": "dlq_redrive", "kwargs": filter}))
+        .await
+        .unwrap();
+    let d = &first["detail"];
+    assert_eq!(d["complete"], false, "{first}");
+    let moved_first = d["moved"].as_u64().unwrap();
+    assert!((1..40).contains(&moved_first), "{first}");
+    assert!(d["continuation"].is_string(), "{first}");
+
+    // The follow-ups arrive on the default queue (and the moved pings with them).
+    stack
+        .drain(&source, &function, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let expected: Vec<String> = (0..40).map(|i| format!("outage-{i:02}")).collect();
+    assert_eq!(stack.heartbeats().await.unwrap(), expected);
+    assert_eq!(stack.depth(stack.dlq_url(Queue::Default)).await.unwrap(), 5);
+    let moved: Vec<i64> = sqlx::query_scalar(
+        "SELECT (detail->>'moved')::bigint FROM task_runs WHERE task = 'dlq_redrive' AND status = 'succeeded' \
+         ORDER BY started_at",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap();
+    assert!(moved.len() >= 2, "{moved:?}");
+    assert_eq!(moved.iter().sum::<i64>(), 40, "each moved once: {moved:?}");
+    stack.cleanup().await;
+}

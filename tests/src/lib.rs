@@ -118,11 +118,22 @@ impl TestStack {
         env
     }
 
-    /// Starts the real function binary of `queue` against a local Runtime API.
+    /// Starts the real function binary of `queue` against a local Runtime API (a 30 s timeout).
     pub async fn function(
         &self,
         queue: Queue,
         extra_env: &[(&str, &str)],
+    ) -> Result<LocalFunction> {
+        self.function_with_timeout(queue, extra_env, Duration::from_secs(30))
+            .await
+    }
+
+    /// [`TestStack::function`] with another function timeout (each invocation's deadline).
+    pub async fn function_with_timeout(
+        &self,
+        queue: Queue,
+        extra_env: &[(&str, &str)],
+        timeout: Duration,
     ) -> Result<LocalFunction> {
         let mut env = self.function_env();
         for (k, v) in extra_env {
@@ -135,7 +146,7 @@ impl TestStack {
             &format!("{}-{queue}", self.name),
             &function_binary(queue)?,
             env,
-            Duration::from_secs(30),
+            timeout,
             Some(log),
         )
         .await
