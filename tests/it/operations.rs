@@ -36,15 +36,8 @@ async fn dead_letter_with(stack: &TestStack, body: &str, class: &str, own: &Mess
         source_message_id: uuid::Uuid::new_v4().to_string(),
         carried: Default::default(),
     };
-    stack
-        .sqs
-        .send_message()
-        .queue_url(stack.dlq_url(Queue::Default))
-        .message_body(body)
-        .set_message_attributes(Some(record.to_attributes(own)))
-        .send()
-        .await
-        .unwrap();
+    let attributes = record.message_attributes(own);
+    send_with(stack, stack.dlq_url(Queue::Default), body, &attributes).await;
 }
 
 #[tokio::test]
@@ -222,12 +215,7 @@ fn own_attributes() -> MessageAttributes {
     .collect()
 }
 
-async fn send_with(
-    stack: &TestStack,
-    url: &str,
-    body: &str,
-    attrs: &dualcaster::queue::MessageAttributes,
-) {
+async fn send_with(stack: &TestStack, url: &str, body: &str, attrs: &MessageAttributes) {
     stack
         .sqs
         .send_message()

@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use dualcaster::schedule::ScheduleExpression;
-use integration_tests::generated_cases;
+use integration_tests::check_generated;
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -458,8 +458,8 @@ fn product_upcoming(
 
 #[test]
 fn generated_valid_expressions_fire_when_the_reference_fires() {
-    let mut runner = generated_cases(1000, 20_000, 4096);
-    let result = runner.run(&(valid_expression(), instant()), |(expr, after)| {
+    let case = (valid_expression(), instant());
+    check_generated((1000, 20_000, 4096), &case, |(expr, after)| {
         let reference = reference_parse(&expr);
         prop_assert!(
             reference.is_some(),
@@ -470,15 +470,11 @@ fn generated_valid_expressions_fire_when_the_reference_fires() {
         prop_assert_eq!(got, Ok(expected), "cron({}) after {}", expr, after);
         Ok(())
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 #[test]
 fn generated_invalid_expressions_are_refused_by_both() {
-    let mut runner = generated_cases(1000, 20_000, 4096);
-    let result = runner.run(&invalid_expression(), |expr| {
+    check_generated((1000, 20_000, 4096), &invalid_expression(), |expr| {
         prop_assert!(
             reference_parse(&expr).is_none(),
             "the reference accepts {}",
@@ -488,9 +484,6 @@ fn generated_invalid_expressions_are_refused_by_both() {
         prop_assert!(got.is_err(), "cron({}) was accepted: {:?}", expr, got);
         Ok(())
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 /// Day names containing a W (WED) were refused as if W were the day-of-month wildcard; the reference and

@@ -9,10 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use dualcaster::local::function::{Invoked, LocalFunction};
-use dualcaster::local::runtime_api::InvokeOutcome;
+use dualcaster::local::function::LocalFunction;
 use dualcaster::queue::{DeadLetter, MessageAttribute, MessageAttributes, Queue};
-use integration_tests::{generated_cases, TestStack};
+use integration_tests::{check_generated, run_task, TestStack};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -191,13 +190,9 @@ fn body(i: usize) -> String {
 }
 
 async fn redrive(function: &LocalFunction, kwargs: &Value) -> Value {
-    match function
-        .invoke(json!({"task": "dlq_redrive", "kwargs": kwargs}))
-        .await
-        .expect("invoke")
-    {
-        Invoked::Outcome(InvokeOutcome::Response(v)) => v["detail"].clone(),
-        other => panic!("dlq_redrive {kwargs}: {other:?}"),
+    match run_task(function, "dlq_redrive", kwargs.clone()).await {
+        Ok(report) => report["detail"].clone(),
+        Err(e) => panic!("{kwargs}: {e}"),
     }
 }
 
@@ -333,14 +328,10 @@ async fn check_case(letters: Vec<Letter>, filter: Filter) -> Result<(), TestCase
 #[test]
 fn generated_dead_letter_queues_redrive_as_the_model_says() {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
-    let mut runner = generated_cases(6, 60, 24);
     let case = (prop::collection::vec(letter(), 0..=140), filter());
-    let result = runner.run(&case, |(letters, filter)| {
+    check_generated((6, 60, 24), &case, |(letters, filter)| {
         rt.block_on(check_case(letters, filter))
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 /// A filtered redrive whose matching messages are not among the first ten received used to stop there

@@ -14,10 +14,8 @@
 
 use std::collections::BTreeMap;
 
-use dualcaster::local::function::Invoked;
-use dualcaster::local::runtime_api::InvokeOutcome;
 use dualcaster::queue::Queue;
-use integration_tests::{generated_cases, FixtureServer, TestStack};
+use integration_tests::{check_generated, run_task, FixtureServer, TestStack};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
@@ -298,14 +296,13 @@ async fn check_file(cards: Vec<Card>, batch_size: u32) -> Result<(), TestCaseErr
         )
         .await
         .expect("function");
-    let report = match function
-        .invoke(json!({"task": "ingest_scryfall_bulk", "kwargs": {"batch_size": batch_size}}))
-        .await
-        .expect("invoke")
-    {
-        Invoked::Outcome(InvokeOutcome::Response(r)) => r,
-        other => return Err(TestCaseError::fail(format!("ingestion: {other:?}"))),
-    };
+    let report = run_task(
+        &function,
+        "ingest_scryfall_bulk",
+        json!({"batch_size": batch_size}),
+    )
+    .await
+    .map_err(TestCaseError::fail)?;
     let (expected, malformed) = reference(&cards);
     let d = &report["detail"];
     prop_assert_eq!(d["outcome"].as_str(), Some("completed"), "{}", report);
@@ -344,12 +341,8 @@ async fn check_file(cards: Vec<Card>, batch_size: u32) -> Result<(), TestCaseErr
 #[test]
 fn generated_bulk_files_land_as_a_plain_reading_of_them_says() {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
-    let mut runner = generated_cases(8, 100, 24);
     let case = (prop::collection::vec(card(), 0..=120), 10u32..=60);
-    let result = runner.run(&case, |(cards, batch_size)| {
+    check_generated((8, 100, 24), &case, |(cards, batch_size)| {
         rt.block_on(check_file(cards, batch_size))
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }

@@ -10,10 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use dualcaster::local::function::Invoked;
-use dualcaster::local::runtime_api::InvokeOutcome;
 use dualcaster::queue::Queue;
-use integration_tests::{generated_cases, FixtureServer, TestStack};
+use integration_tests::{check_generated, run_task, FixtureServer, TestStack};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
@@ -245,14 +243,13 @@ async fn check_document(entries: Vec<Entry>, batch_size: u32) -> Result<(), Test
         .function(Queue::Ingestion, &[("DD_MTGJSON_BASE_URL", files.as_str())])
         .await
         .expect("function");
-    let report = match function
-        .invoke(json!({"task": "ingest_mtgjson_prices", "kwargs": {"batch_size": batch_size}}))
-        .await
-        .expect("invoke")
-    {
-        Invoked::Outcome(InvokeOutcome::Response(r)) => r,
-        other => return Err(TestCaseError::fail(format!("ingestion: {other:?}"))),
-    };
+    let report = run_task(
+        &function,
+        "ingest_mtgjson_prices",
+        json!({"batch_size": batch_size}),
+    )
+    .await
+    .map_err(TestCaseError::fail)?;
     let (expected, unmatched, malformed) = reference(&entries);
     let d = &report["detail"];
     prop_assert_eq!(
@@ -301,12 +298,8 @@ async fn check_document(entries: Vec<Entry>, batch_size: u32) -> Result<(), Test
 #[test]
 fn generated_price_documents_land_as_a_plain_reading_of_them_says() {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
-    let mut runner = generated_cases(6, 80, 24);
     let case = (prop::collection::vec(entry(), 0..=60), 10u32..=40);
-    let result = runner.run(&case, |(entries, batch_size)| {
+    check_generated((6, 80, 24), &case, |(entries, batch_size)| {
         rt.block_on(check_document(entries, batch_size))
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }

@@ -455,3 +455,33 @@ pub fn generated_cases(
     };
     TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key))
 }
+
+/// Runs `check` on the cases of [`generated_cases`] and fails the test with the seed and the shrunk input of
+/// the first case that fails.
+pub fn check_generated<S: proptest::strategy::Strategy>(
+    (ci_cases, deep_cases, shrink_steps): (u32, u32, u32),
+    strategy: &S,
+    check: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+) {
+    if let Err(e) = generated_cases(ci_cases, deep_cases, shrink_steps).run(strategy, check) {
+        panic!("{e}");
+    }
+}
+
+/// Invokes `task` with `kwargs` directly on `function` and returns its report, or the failure as text.
+pub async fn run_task(
+    function: &LocalFunction,
+    task: &str,
+    kwargs: serde_json::Value,
+) -> std::result::Result<serde_json::Value, String> {
+    use dualcaster::local::function::Invoked;
+    use dualcaster::local::runtime_api::InvokeOutcome;
+    match function
+        .invoke(serde_json::json!({"task": task, "kwargs": kwargs}))
+        .await
+    {
+        Ok(Invoked::Outcome(InvokeOutcome::Response(report))) => Ok(report),
+        Ok(other) => Err(format!("{task}: {other:?}")),
+        Err(e) => Err(format!("{task}: {e:#}")),
+    }
+}
