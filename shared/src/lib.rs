@@ -30,9 +30,4 @@ pub mod tasks;
 pub mod telemetry;
 pub mod upstream;
 
-#[cfg(feature = "local")]
-pub mod infra;
-#[cfg(feature = "local")]
-pub mod local;
-
 pub use error::{ErrorKind, TaskError};

@@ -5,7 +5,6 @@
 //! schedules come from the registry; a trigger validates and enqueues an envelope on its task's queue.
 
 use chrono::{DateTime, Utc};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -18,7 +17,7 @@ use crate::runtime::{Invocation, InvokeError, Runtime};
 use crate::schedule::ScheduleExpression;
 
 /// One operator action: the payload of a direct invoke of the `ops` function.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum OpsRequest {
     DlqStats(DlqStats),
@@ -32,7 +31,7 @@ pub enum OpsRequest {
 
 /// Dead letters per queue: depth, oldest age, counts by task and error class, and a peek at the most
 /// recent ones (nothing is consumed).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DlqStats {
     /// The queues whose DLQs are read (default: all three).
@@ -45,7 +44,7 @@ pub struct DlqStats {
 
 /// Replays dead letters into their source queue: all of them, or those matching a task, an error class
 /// and a time window. A dry run (the default) only counts and lists.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redrive {
     /// The queue whose DLQ is replayed.
@@ -74,7 +73,7 @@ pub struct Redrive {
 }
 
 /// Deletes every message of a queue's DLQ.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Purge {
     pub queue: Queue,
@@ -83,7 +82,7 @@ pub struct Purge {
 }
 
 /// The schedules (EventBridge rules) with their next fire times.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedules {
     /// Fire times listed per schedule (default 3, at most 50).
@@ -92,7 +91,7 @@ pub struct Schedules {
 }
 
 /// Live records of the lease table.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListLeases {
     /// `run` (single-instance leases, the default) or `idempotency` (delivery records).
@@ -101,7 +100,7 @@ pub struct ListLeases {
 }
 
 /// Deletes one lease whoever holds it.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseLease {
     /// The lease key, e.g. `run:compute_price_metrics`.
@@ -111,7 +110,7 @@ pub struct ReleaseLease {
 }
 
 /// Validates a task's arguments and sends it to its queue (routing from the registry).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
     /// A registered task, e.g. `compute_price_metrics`.

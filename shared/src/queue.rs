@@ -13,19 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{from_sdk_error, TaskError};
 
 /// A task queue. Each has its own Lambda function and its own dead-letter queue.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Queue {
     /// Pulling card and price data from upstream (Scryfall, MTGJSON).

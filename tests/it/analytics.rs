@@ -1,8 +1,8 @@
 use std::collections::BTreeMap;
 
-use dualcaster::local::function::{Invoked, LocalFunction};
-use dualcaster::local::runtime_api::InvokeOutcome;
 use dualcaster::queue::Queue;
+use dualcaster_tools::local::function::{Invoked, LocalFunction};
+use dualcaster_tools::local::runtime_api::InvokeOutcome;
 use integration_tests::{fixture, FixtureServer, TestStack};
 use serde_json::{json, Value};
 

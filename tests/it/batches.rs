@@ -1,8 +1,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use dualcaster::local::event_source::invoke_function;
 use dualcaster::queue::Queue;
+use dualcaster_tools::local::event_source::invoke_function;
 use integration_tests::{ping, TestStack};
 use serde_json::json;
 

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
-use dualcaster::local::function::Invoked;
-use dualcaster::local::runtime_api::InvokeOutcome;
 use dualcaster::queue::Queue;
+use dualcaster_tools::local::function::Invoked;
+use dualcaster_tools::local::runtime_api::InvokeOutcome;
 use integration_tests::{ping, TestStack};
 use serde_json::json;
 

@@ -2,8 +2,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use dualcaster::lease::LeaseStore;
-use dualcaster::local::event_source::invoke_function;
 use dualcaster::queue::Queue;
+use dualcaster_tools::local::event_source::invoke_function;
 use integration_tests::{ping, TestStack};
 use serde_json::json;
 
@@ -299,11 +299,11 @@ async fn localstack_unreachable_mid_run_loses_nothing_and_doubles_nothing() {
         .await
         .unwrap();
     let through_proxy = aws_sdk_sqs::Client::from_conf(
-        aws_sdk_sqs::config::Builder::from(&dualcaster::local::local_aws().await)
+        aws_sdk_sqs::config::Builder::from(&dualcaster_tools::local::local_aws().await)
             .endpoint_url(&endpoint)
             .build(),
     );
-    let source = dualcaster::local::event_source::EventSource::new(
+    let source = dualcaster_tools::local::event_source::EventSource::new(
         through_proxy,
         stack.queue_url(Queue::Default),
         10,

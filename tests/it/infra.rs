@@ -3,10 +3,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use dualcaster::local::event_source::invoke_function;
-use dualcaster::local::local_events;
-use dualcaster::local::template::{delete_rules, provision_rules, Template};
 use dualcaster::queue::Queue;
+use dualcaster_tools::local::event_source::invoke_function;
+use dualcaster_tools::local::local_events;
+use dualcaster_tools::local::template::{delete_rules, provision_rules, Template};
 use integration_tests::TestStack;
 
 fn repo() -> PathBuf {
@@ -141,10 +141,10 @@ async fn a_scheduled_rule_fires_into_its_queue_and_the_task_runs() {
 async fn the_infrastructure_deploys_through_cloudformation_as_the_template_states() {
     use aws_sdk_cloudformation::types::{Parameter, StackStatus};
     use aws_sdk_sqs::types::QueueAttributeName;
-    use dualcaster::local::{local_aws, local_dynamodb, local_sqs};
+    use dualcaster_tools::local::{local_aws, local_dynamodb, local_sqs};
 
     let text = std::fs::read_to_string(repo().join("infra/template.yaml")).unwrap();
-    let (plain, _) = dualcaster::infra::without_functions(&text).unwrap();
+    let (plain, _) = dualcaster_tools::infra::without_functions(&text).unwrap();
     let aws = local_aws().await;
     let cfn = aws_sdk_cloudformation::Client::new(&aws);
     let stack = format!(

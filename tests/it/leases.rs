@@ -3,13 +3,13 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use chrono::Utc;
-use dualcaster::lease::conformance::{self, now_ms};
 use dualcaster::lease::dynamo::DynamoLeaseStore;
 use dualcaster::lease::{Acquire, Lease, LeaseKind, LeaseStore};
-use dualcaster::local::event_source::invoke_function;
-use dualcaster::local::function::Invoked;
-use dualcaster::local::runtime_api::InvokeOutcome;
 use dualcaster::queue::Queue;
+use dualcaster_tools::local::event_source::invoke_function;
+use dualcaster_tools::local::function::Invoked;
+use dualcaster_tools::local::runtime_api::InvokeOutcome;
+use integration_tests::lease_conformance::{self as conformance, now_ms};
 use integration_tests::{ping, TestStack};
 use serde_json::{json, Value};
 
@@ -17,11 +17,19 @@ pub(crate) fn store(stack: &TestStack) -> DynamoLeaseStore {
     DynamoLeaseStore::new(stack.dynamodb.clone(), stack.lease_table())
 }
 
-async fn invoke(function: &dualcaster::local::function::LocalFunction, payload: Value) -> Value {
+async fn invoke(
+    function: &dualcaster_tools::local::function::LocalFunction,
+    payload: Value,
+) -> Value {
     match function.invoke(payload.clone()).await.unwrap() {
         Invoked::Outcome(InvokeOutcome::Response(v)) => v,
         other => panic!("{payload}: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn the_in_memory_store_follows_the_behaviour_suite() {
+    conformance::run_all(&dualcaster::lease::memory::MemoryLeaseStore::new(), "mem").await;
 }
 
 #[tokio::test]

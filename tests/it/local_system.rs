@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use chrono::Utc;
-use dualcaster::local::event_source::EventSource;
-use dualcaster::local::watch::{InvokeApi, Watch};
 use dualcaster::queue::{DeadLetter, Queue};
+use dualcaster_tools::local::event_source::EventSource;
+use dualcaster_tools::local::watch::{InvokeApi, Watch};
 use integration_tests::{ping, TestStack};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

@@ -1,9 +1,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use dualcaster::local::function::{Invoked, LocalFunction};
-use dualcaster::local::runtime_api::InvokeOutcome;
 use dualcaster::queue::{DeadLetter, MessageAttributes, Queue};
+use dualcaster_tools::local::function::{Invoked, LocalFunction};
+use dualcaster_tools::local::runtime_api::InvokeOutcome;
 use integration_tests::{ping, TestStack};
 use serde_json::{json, Value};
 

@@ -1,9 +1,9 @@
 use std::time::Duration;
 
-use dualcaster::local::function::{Invoked, LocalFunction};
-use dualcaster::local::runtime_api::InvokeOutcome;
-use dualcaster::local::{function_binary, local_aws};
 use dualcaster::queue::Queue;
+use dualcaster_tools::local::function::{Invoked, LocalFunction};
+use dualcaster_tools::local::runtime_api::InvokeOutcome;
+use dualcaster_tools::local::{function_binary, local_aws};
 use integration_tests::TestStack;
 use serde_json::json;
 use sqlx::PgPool;

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use dualcaster::local::function::LocalFunction;
 use dualcaster::queue::{DeadLetter, MessageAttribute, MessageAttributes, Queue};
+use dualcaster_tools::local::function::LocalFunction;
 use integration_tests::{check_generated, run_task, TestStack};
 use proptest::prelude::*;
 use serde_json::{json, Value};

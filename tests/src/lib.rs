@@ -2,17 +2,19 @@
 //! queues (created from `infra/template.yaml` under a unique stack name), so tests run in parallel against
 //! one local stack (`make stack-up`).
 
+pub mod lease_conformance;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use dualcaster::local::event_source::{invoke_function, Dispatch, EventSource};
-use dualcaster::local::function::LocalFunction;
-use dualcaster::local::template::{self, Provisioned, Template};
-use dualcaster::local::{function_binary, local_aws_defaults, local_dynamodb, local_sqs};
 use dualcaster::queue::Queue;
+use dualcaster_tools::local::event_source::{invoke_function, Dispatch, EventSource};
+use dualcaster_tools::local::function::LocalFunction;
+use dualcaster_tools::local::template::{self, Provisioned, Template};
+use dualcaster_tools::local::{function_binary, local_aws_defaults, local_dynamodb, local_sqs};
 use sqlx::PgPool;
 
 /// Visibility timeout of test queues: short, so crashed batches come back quickly.
@@ -172,7 +174,7 @@ impl TestStack {
     }
 
     pub async fn send(&self, queue: Queue, body: &str) -> Result<String> {
-        dualcaster::local::send_message(&self.sqs, self.queue_url(queue), body).await
+        dualcaster_tools::local::send_message(&self.sqs, self.queue_url(queue), body).await
     }
 
     /// Polls `queue` into `function` until the queue holds nothing (visible, in flight or delayed).
@@ -352,7 +354,7 @@ pub fn fixture(path: &str) -> PathBuf {
 }
 
 /// The local Scryfall/MTGJSON stand-in.
-pub use dualcaster::local::stub::StubUpstream as FixtureServer;
+pub use dualcaster_tools::local::stub::StubUpstream as FixtureServer;
 
 /// A TCP proxy in front of a service that a test can cut (every open connection dropped, new ones refused)
 /// and restore: an outage of LocalStack as the functions see it, without losing LocalStack's state.
@@ -474,8 +476,8 @@ pub async fn run_task(
     task: &str,
     kwargs: serde_json::Value,
 ) -> std::result::Result<serde_json::Value, String> {
-    use dualcaster::local::function::Invoked;
-    use dualcaster::local::runtime_api::InvokeOutcome;
+    use dualcaster_tools::local::function::Invoked;
+    use dualcaster_tools::local::runtime_api::InvokeOutcome;
     match function
         .invoke(serde_json::json!({"task": task, "kwargs": kwargs}))
         .await

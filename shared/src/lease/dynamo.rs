@@ -345,7 +345,8 @@ mod tests {
 
     #[test]
     fn items_round_trip() {
-        let now = crate::lease::conformance::now_ms();
+        // Whole milliseconds: the precision the table keeps.
+        let now = DateTime::from_timestamp_millis(1_790_000_000_123).unwrap();
         let mut l = Lease::new(
             "k",
             LeaseKind::Idempotency,

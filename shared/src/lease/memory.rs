@@ -127,14 +127,3 @@ impl LeaseStore for MemoryLeaseStore {
         Box::pin(async move { Ok(result) })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn passes_the_behaviour_suite() {
-        let store = MemoryLeaseStore::new();
-        super::super::conformance::run_all(&store, "mem").await;
-    }
-}

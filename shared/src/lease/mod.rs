@@ -6,8 +6,6 @@
 //! owner can renew, complete or release it. Nothing is held "forever": every lease ends at the latest at the
 //! invocation's deadline plus a margin, so a crashed holder blocks the next run only until then.
 
-#[cfg(any(test, feature = "local"))]
-pub mod conformance;
 pub mod dynamo;
 pub mod memory;
 
@@ -18,7 +16,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 /// What a record in the lease table is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseKind {
     /// A single-instance run: held while the task runs.
@@ -119,7 +117,7 @@ impl From<LeaseError> for crate::error::TaskError {
 }
 
 /// Where leases live. Small on purpose: DynamoDB in production, memory in unit tests; both pass the same
-/// behaviour suite ([`conformance`]).
+/// behaviour suite (`tests/src/lease_conformance.rs`).
 pub trait LeaseStore: Send + Sync {
     /// Writes `lease` if its key is free or the current record has expired at `now`.
     fn acquire<'a>(

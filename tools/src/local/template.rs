@@ -689,7 +689,7 @@ mod tests {
     fn reads_every_queue_and_its_dead_letter_queue() {
         let t = repo_template();
         let ids: Vec<&str> = t.queues.iter().map(|q| q.logical_id.as_str()).collect();
-        for q in crate::queue::Queue::ALL {
+        for q in dualcaster::queue::Queue::ALL {
             let suffix = q.env_suffix();
             let queue_id = &t.queue_env[&format!("DD_QUEUE_URL_{suffix}")];
             let dlq_id = &t.queue_env[&format!("DD_DLQ_URL_{suffix}")];
@@ -709,7 +709,7 @@ mod tests {
         // the queue's maxReceiveCount must leave room for that plus a couple of crash redeliveries, or the
         // redrive policy would move the message first, without context.
         let t = repo_template();
-        for spec in crate::registry::Registry::builtin().iter() {
+        for spec in dualcaster::registry::Registry::builtin().iter() {
             let queue_id = &t.queue_env[&format!("DD_QUEUE_URL_{}", spec.queue.env_suffix())];
             let (_, max_receive) = t.queue(queue_id).unwrap().redrive.clone().unwrap();
             assert!(

@@ -18,6 +18,7 @@ mod bench_load;
 mod bench_runtime;
 mod demo;
 mod mcp;
+mod mcp_args;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,17 +35,17 @@ use dualcaster::config::Settings;
 use dualcaster::db::MIGRATOR;
 use dualcaster::envelope::Envelope;
 use dualcaster::lease::dynamo::DynamoLeaseStore;
-use dualcaster::local::event_source::Dispatch;
-use dualcaster::local::system::{LocalSystem, Options, Runner};
-use dualcaster::local::template::{provision, provision_rules, Template};
-use dualcaster::local::watch::InvokeApi;
-use dualcaster::local::{
-    load_env_file, local_aws, local_aws_defaults, local_dynamodb, local_events, local_sqs,
-    send_message,
-};
 use dualcaster::queue::Queue;
 use dualcaster::registry::Registry;
 use dualcaster::runtime::{Invocation, Runtime};
+use dualcaster_tools::local::event_source::Dispatch;
+use dualcaster_tools::local::system::{LocalSystem, Options, Runner};
+use dualcaster_tools::local::template::{provision, provision_rules, Template};
+use dualcaster_tools::local::watch::InvokeApi;
+use dualcaster_tools::local::{
+    load_env_file, local_aws, local_aws_defaults, local_dynamodb, local_events, local_sqs,
+    send_message,
+};
 
 #[derive(Parser)]
 #[command(
@@ -653,7 +654,7 @@ async fn bench_leases(rounds: usize) -> Result<()> {
 }
 
 fn template_command(action: TemplateAction, path: &Path) -> Result<()> {
-    use dualcaster::infra;
+    use dualcaster_tools::infra;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let registry = Registry::builtin();

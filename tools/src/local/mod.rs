@@ -107,7 +107,7 @@ pub async fn send_message(
 }
 
 /// The function binary for `queue` next to the running executable (both live in `target/<profile>`).
-pub fn function_binary(queue: crate::queue::Queue) -> anyhow::Result<PathBuf> {
+pub fn function_binary(queue: dualcaster::queue::Queue) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     // Test executables live one level down, in target/<profile>/deps.

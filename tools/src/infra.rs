@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 
 use serde_norway::Value;
 
-use crate::queue::Queue;
-use crate::registry::Registry;
+use dualcaster::queue::Queue;
+use dualcaster::registry::Registry;
 
 pub const BEGIN_MARKER: &str =
     "  # BEGIN GENERATED: schedules (from the task registry; `make template` rewrites this block)";
@@ -78,7 +78,7 @@ pub fn schedules_block(registry: &Registry) -> String {
         let _ = writeln!(
             out,
             "      Description: {}",
-            quoted(&crate::queue::truncate(&description, 512))
+            quoted(&dualcaster::queue::truncate(&description, 512))
         );
         let _ = writeln!(
             out,

@@ -10,10 +10,14 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler, ServiceExt};
 
-use dualcaster::ops::{
-    DlqStats, ListLeases, Ops, OpsRequest, Redrive, ReleaseLease, Schedules, Trigger,
-};
+use dualcaster::ops::Ops;
 use dualcaster::runtime::Invocation;
+use serde::Serialize;
+
+use crate::mcp_args::{
+    request, DlqStatsArgs, ListLeasesArgs, RedriveArgs, ReleaseLeaseArgs, SchedulesArgs,
+    TriggerArgs,
+};
 
 pub struct OpsServer {
     ops: Ops,
@@ -30,7 +34,8 @@ impl OpsServer {
     }
 
     /// Runs an action: its report as JSON, or a tool error naming the error class.
-    async fn run(&self, request: OpsRequest) -> Result<CallToolResult, ErrorData> {
+    async fn run(&self, action: &str, args: &impl Serialize) -> Result<CallToolResult, ErrorData> {
+        let request = request(action, args)?;
         let invocation = Invocation::with_timeout(
             format!("mcp-{}", uuid::Uuid::new_v4()),
             Duration::from_secs(600),
@@ -49,9 +54,9 @@ impl OpsServer {
     )]
     async fn analyze_dead_letter_queue(
         &self,
-        Parameters(args): Parameters<DlqStats>,
+        Parameters(args): Parameters<DlqStatsArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(OpsRequest::DlqStats(args)).await
+        self.run("dlq_stats", &args).await
     }
 
     #[tool(
@@ -59,9 +64,9 @@ impl OpsServer {
     )]
     async fn redrive_dead_letters(
         &self,
-        Parameters(args): Parameters<Redrive>,
+        Parameters(args): Parameters<RedriveArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(OpsRequest::Redrive(args)).await
+        self.run("redrive", &args).await
     }
 
     #[tool(
@@ -69,9 +74,9 @@ impl OpsServer {
     )]
     async fn trigger_task(
         &self,
-        Parameters(args): Parameters<Trigger>,
+        Parameters(args): Parameters<TriggerArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(OpsRequest::Trigger(args)).await
+        self.run("trigger", &args).await
     }
 
     #[tool(
@@ -79,9 +84,9 @@ impl OpsServer {
     )]
     async fn list_schedules(
         &self,
-        Parameters(args): Parameters<Schedules>,
+        Parameters(args): Parameters<SchedulesArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(OpsRequest::Schedules(args)).await
+        self.run("schedules", &args).await
     }
 
     #[tool(
@@ -89,9 +94,9 @@ impl OpsServer {
     )]
     async fn list_leases(
         &self,
-        Parameters(args): Parameters<ListLeases>,
+        Parameters(args): Parameters<ListLeasesArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(OpsRequest::Leases(args)).await
+        self.run("leases", &args).await
     }
 
     #[tool(
@@ -99,9 +104,9 @@ impl OpsServer {
     )]
     async fn release_lease(
         &self,
-        Parameters(args): Parameters<ReleaseLease>,
+        Parameters(args): Parameters<ReleaseLeaseArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(OpsRequest::ReleaseLease(args)).await
+        self.run("release_lease", &args).await
     }
 }
 

@@ -18,7 +18,7 @@ use super::function::LocalFunction;
 use super::function_binary;
 use super::template::Template;
 use super::watch::{InvokeApi, Watch};
-use crate::queue::Queue;
+use dualcaster::queue::Queue;
 
 /// How the function binaries run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,11 +10,11 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use dualcaster::local::function::{Invoked, LocalFunction};
-use dualcaster::local::runtime_api::InvokeOutcome;
-use dualcaster::local::stub::{Content, StubUpstream};
-use dualcaster::local::{function_binary, local_aws_defaults};
 use dualcaster::queue::Queue;
+use dualcaster_tools::local::function::{Invoked, LocalFunction};
+use dualcaster_tools::local::runtime_api::InvokeOutcome;
+use dualcaster_tools::local::stub::{Content, StubUpstream};
+use dualcaster_tools::local::{function_binary, local_aws_defaults};
 
 use crate::bench::fresh_database;
 

@@ -1,4 +1,4 @@
-//! The behaviour every [`LeaseStore`] must have. Run against the in-memory store by its unit tests and
+//! The behaviour every [`LeaseStore`] must have. Run against the in-memory store and
 //! against DynamoDB (LocalStack + moto) by the integration tests, so both follow one set of rules.
 //!
 //! Time is passed in explicitly, so expiry is checked without sleeping. Each check uses its own keys under
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
-use super::{Acquire, Lease, LeaseError, LeaseKind, LeaseStore};
+use dualcaster::lease::{Acquire, Lease, LeaseError, LeaseKind, LeaseStore};
 
 /// `Utc::now()` cut to whole milliseconds, the precision stores keep.
 pub fn now_ms() -> DateTime<Utc> {

@@ -14,11 +14,11 @@ use dualcaster::config::Settings;
 use dualcaster::context::{Services, Upstreams};
 use dualcaster::db::RunLog;
 use dualcaster::lease::memory::MemoryLeaseStore;
-use dualcaster::local::function::LocalFunction;
 use dualcaster::queue::{Queue, SqsQueueOps};
 use dualcaster::registry::{Registry, TaskSpec};
 use dualcaster::runtime::{Invocation, Runtime};
 use dualcaster::tasks::noop::Noop;
+use dualcaster_tools::local::function::LocalFunction;
 
 /// The settings every function needs, pointing nowhere: start-up builds clients but connects to nothing.
 fn offline_env() -> BTreeMap<String, String> {

@@ -12,10 +12,10 @@ use anyhow::{anyhow, bail, Result};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
 use serde_json::json;
 
-use dualcaster::local::system::{LocalSystem, Options, Runner};
-use dualcaster::local::template::{self, Template};
-use dualcaster::local::{local_aws_defaults, local_dynamodb, local_sqs};
 use dualcaster::queue::Queue;
+use dualcaster_tools::local::system::{LocalSystem, Options, Runner};
+use dualcaster_tools::local::template::{self, Template};
+use dualcaster_tools::local::{local_aws_defaults, local_dynamodb, local_sqs};
 
 fn sdk<E: std::error::Error + 'static>(what: &str, e: E) -> anyhow::Error {
     anyhow!("{what}: {}", aws_sdk_sqs::error::DisplayErrorContext(&e))

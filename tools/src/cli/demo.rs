@@ -11,12 +11,12 @@ use serde_json::{json, Map};
 
 use dualcaster::config::Settings;
 use dualcaster::envelope::Envelope;
-use dualcaster::local::event_source::Dispatch;
-use dualcaster::local::stub::{Content, StubUpstream};
-use dualcaster::local::system::{LocalSystem, Options, Runner};
-use dualcaster::local::{local_sqs, send_message};
 use dualcaster::queue::Queue;
 use dualcaster::registry::Registry;
+use dualcaster_tools::local::event_source::Dispatch;
+use dualcaster_tools::local::stub::{Content, StubUpstream};
+use dualcaster_tools::local::system::{LocalSystem, Options, Runner};
+use dualcaster_tools::local::{local_sqs, send_message};
 
 use crate::{migrate, provision_stack};
 

@@ -12,12 +12,12 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use dualcaster::db::MIGRATOR;
-use dualcaster::local::function::{Invoked, LocalFunction};
-use dualcaster::local::runtime_api::InvokeOutcome;
-use dualcaster::local::stub::{Content, StubUpstream};
-use dualcaster::local::{function_binary, local_aws_defaults};
 use dualcaster::queue::Queue;
 use dualcaster::scryfall::Card;
+use dualcaster_tools::local::function::{Invoked, LocalFunction};
+use dualcaster_tools::local::runtime_api::InvokeOutcome;
+use dualcaster_tools::local::stub::{Content, StubUpstream};
+use dualcaster_tools::local::{function_binary, local_aws_defaults};
 
 const VERSION: &str = "2025-11-01T09:05:00Z";
 

@@ -13,10 +13,10 @@ use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use dualcaster::local::system::{LocalSystem, Options, Runner, Target};
-use dualcaster::local::template::{self, Template};
-use dualcaster::local::{local_aws_defaults, local_dynamodb, local_sqs};
 use dualcaster::queue::Queue;
+use dualcaster_tools::local::system::{LocalSystem, Options, Runner, Target};
+use dualcaster_tools::local::template::{self, Template};
+use dualcaster_tools::local::{local_aws_defaults, local_dynamodb, local_sqs};
 
 /// One message of the mix: its body, and whether it should end acknowledged or dead-lettered.
 fn message(run: &str, i: usize) -> (String, String, bool) {
