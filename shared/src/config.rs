@@ -62,6 +62,9 @@ pub struct Settings {
     /// Long ingestions stop and continue in a follow-up message when less than this remains
     /// (`DD_INGEST_RESERVE_MS`, default 60000).
     pub ingest_reserve: Duration,
+    /// Each run writes its CloudWatch EMF line to stdout unless `DD_METRICS_DISABLED` is set (to anything):
+    /// local tools and tests, whose stdout is a terminal or a report, turn it off.
+    pub emit_metrics: bool,
 }
 
 impl Settings {
@@ -136,6 +139,7 @@ impl Settings {
                 60_000,
                 0..=900_000,
             )?),
+            emit_metrics: lookup("DD_METRICS_DISABLED").is_none(),
         })
     }
 

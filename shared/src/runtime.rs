@@ -650,6 +650,9 @@ impl Runtime {
         if let Err(e) = self.runs.record(&record).await {
             warn!(error = %e, "could not record the run in task_runs");
         }
+        if !self.services.settings.emit_metrics {
+            return;
+        }
         metrics::emit(
             self.queue.as_str(),
             report.task.as_deref().unwrap_or("(none)"),
@@ -981,6 +984,7 @@ mod tests {
         }
         env.insert("DD_CONCURRENCY".into(), concurrency.to_string());
         env.insert("DD_DEADLINE_MARGIN_MS".into(), margin_ms.to_string());
+        env.insert("DD_METRICS_DISABLED".into(), "1".into());
         Settings::from_lookup(|k| env.get(k).cloned()).unwrap()
     }
 

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use dualcaster::queue::Queue;
+use dualcaster::registry::Registry;
 use dualcaster_tools::local::function::Invoked;
 use dualcaster_tools::local::runtime_api::InvokeOutcome;
 use integration_tests::{ping, TestStack};
@@ -46,6 +47,9 @@ async fn a_bare_envelope_runs_synchronously_and_returns_its_report() {
         .unwrap();
     assert_eq!(runs, 1);
 
+    // The function's registry is the one this test links: every task of the list, in name order.
+    let names: Vec<&str> = Registry::builtin().iter().map(|spec| spec.name).collect();
+    let registered = format!("(registered: {})", names.join(", "));
     for (payload, error_type, needle) in [
         (
             json!({"task": "ping", "kwargs": {"work_ms": 999999}}),
@@ -75,7 +79,7 @@ async fn a_bare_envelope_runs_synchronously_and_returns_its_report() {
         (
             json!({"task": "ingest_everything_now"}),
             "unknown_task",
-            "registered: compute_price_metrics, detect_price_signals, dlq_purge, dlq_redrive, dlq_report, generate_recommendations, ingest_mtgjson_prices, ingest_scryfall_bulk, leases, noop, ping, prune_price_history",
+            &registered,
         ),
         (
             json!({"task": "ping", "kwargs": {"drill": "permanent"}}),

@@ -4,6 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use dualcaster::queue::Queue;
+use dualcaster::registry::Registry;
 use dualcaster_tools::local::event_source::invoke_function;
 use dualcaster_tools::local::local_events;
 use dualcaster_tools::local::template::{delete_rules, provision_rules, Template};
@@ -27,6 +28,15 @@ fn tool(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// `cargo test -p integration-tests` alone must fail on a stale template too, not only `make test`.
+#[test]
+fn the_template_schedules_are_those_the_registry_generates() {
+    let template = std::fs::read_to_string(repo().join("infra/template.yaml")).unwrap();
+    if let Err(e) = dualcaster_tools::infra::check_drift(&template, &Registry::builtin()) {
+        panic!("{e}");
+    }
 }
 
 fn run_ok(mut cmd: Command) {

@@ -6,6 +6,7 @@ mod bad_input;
 mod batches;
 mod direct_invoke;
 mod disruptive;
+mod docs;
 mod faults;
 mod infra;
 mod ingestion;
@@ -14,3 +15,8 @@ mod local_system;
 mod mtgjson;
 mod operations;
 mod secrets;
+
+#[test]
+fn every_test_file_is_compiled() {
+    integration_tests::assert_every_file_is_a_module("it");
+}

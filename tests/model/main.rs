@@ -7,3 +7,8 @@ mod cron;
 mod dlq;
 mod ingestion;
 mod mtgjson;
+
+#[test]
+fn every_test_file_is_compiled() {
+    integration_tests::assert_every_file_is_a_module("model");
+}

@@ -487,3 +487,29 @@ pub async fn run_task(
         Err(e) => Err(format!("{task}: {e:#}")),
     }
 }
+
+/// Fails when a `.rs` file of the test binary in `tests/<binary>/` has no `mod` line in its `main.rs`:
+/// such a file is never compiled, so its tests would silently never run.
+pub fn assert_every_file_is_a_module(binary: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(binary);
+    let main = std::fs::read_to_string(dir.join("main.rs")).expect("main.rs");
+    let declared: Vec<&str> = main
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("mod ")?.strip_suffix(';'))
+        .collect();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("test directory") {
+        let path = entry.expect("directory entry").path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let module = path.extension().is_some_and(|e| e == "rs") || path.is_dir();
+        if module && stem != "main" && !declared.contains(&stem) {
+            missing.push(stem.to_owned());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "tests/{binary}/main.rs has no `mod` line for {missing:?}: add `mod <name>;` or its tests never run"
+    );
+}

@@ -44,6 +44,7 @@ fn offline_env() -> BTreeMap<String, String> {
     env.insert("AWS_SECRET_ACCESS_KEY".into(), "bench".into());
     env.insert("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:9".into());
     env.insert("RUST_LOG".into(), "warn".into());
+    env.insert("DD_METRICS_DISABLED".into(), "1".into());
     env
 }
 
@@ -162,7 +163,6 @@ pub async fn bench_runtime(
     starts: usize,
     batches: usize,
 ) -> Result<()> {
-    std::env::set_var("DD_METRICS_DISABLED", "1");
     let starts_rows = start_up(bin_dir, starts).await?;
     println!(
         "start-up: spawn to first Runtime API poll, {starts} starts each, binaries in {}",

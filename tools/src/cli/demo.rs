@@ -39,11 +39,9 @@ pub(crate) async fn demo(
         template.display()
     );
     let env = provision_stack(stack, template).await?;
-    for (k, v) in &env {
-        std::env::set_var(k, v);
-    }
-    migrate().await?;
-    let settings = Settings::from_env()?;
+    migrate(&env["DATABASE_URL"]).await?;
+    let settings =
+        Settings::from_lookup(|name| env.get(name).cloned().or_else(|| std::env::var(name).ok()))?;
     let pool = sqlx::PgPool::connect(settings.database_url()?.expose_secret()).await?;
     if !keep_data {
         let host = reqwest::Url::parse(settings.database_url()?.expose_secret())

@@ -245,15 +245,22 @@ enum TemplateAction {
     Infra,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The env file joins the process environment before any thread exists; nothing sets a variable later.
     if cli.env_file.is_file() {
         load_env_file(&cli.env_file)
             .with_context(|| format!("reading {}", cli.env_file.display()))?;
     }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(execute(cli))
+}
+
+async fn execute(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Migrate => migrate().await,
+        Command::Migrate => migrate(&database_url()?).await,
         Command::Provision {
             stack,
             template,
@@ -449,8 +456,8 @@ fn database_url() -> Result<String> {
     std::env::var("DATABASE_URL").map_err(|_| anyhow!("missing environment variable DATABASE_URL"))
 }
 
-async fn migrate() -> Result<()> {
-    let pool = sqlx::PgPool::connect(&database_url()?)
+async fn migrate(database_url: &str) -> Result<()> {
+    let pool = sqlx::PgPool::connect(database_url)
         .await
         .context("connecting to DATABASE_URL")?;
     MIGRATOR.run(&pool).await.context("applying migrations")?;
@@ -461,7 +468,7 @@ async fn migrate() -> Result<()> {
     Ok(())
 }
 
-/// Creates the queues and returns the functions' environment for them.
+/// Creates the queues and returns the functions' environment for them (`DATABASE_URL` always included).
 async fn provision_stack(stack: &str, template: &Path) -> Result<BTreeMap<String, String>> {
     let template = Template::load(template)?;
     let sqs = local_sqs().await;
@@ -502,10 +509,11 @@ fn write_env_file(path: &Path, env: &BTreeMap<String, String>) -> Result<()> {
 
 async fn local_runtime(queue: Queue) -> Result<Runtime> {
     // Metrics lines belong in CloudWatch Logs, not in a terminal's report.
-    if std::env::var_os("DD_METRICS_DISABLED").is_none() {
-        std::env::set_var("DD_METRICS_DISABLED", "1");
-    }
-    let settings = Settings::from_env()?;
+    let settings = Settings::from_lookup(|name| match std::env::var(name) {
+        Ok(value) => Some(value),
+        Err(_) if name == "DD_METRICS_DISABLED" => Some("1".into()),
+        Err(_) => None,
+    })?;
     dualcaster::function::build_with(
         queue,
         settings,
@@ -535,10 +543,7 @@ fn runner(emulator: bool, port: u16) -> Runner {
 /// Ctrl-C (or `seconds`).
 async fn run(stack: &str, template: &Path, runner: Runner, seconds: Option<u64>) -> Result<()> {
     let env = provision_stack(stack, template).await?;
-    for (k, v) in &env {
-        std::env::set_var(k, v);
-    }
-    migrate().await?;
+    migrate(&env["DATABASE_URL"]).await?;
     let system = LocalSystem::start(
         local_sqs().await,
         Options {

@@ -107,6 +107,8 @@ pub async fn send_message(
 }
 
 /// The function binary for `queue` next to the running executable (both live in `target/<profile>`).
+/// Refused, with the command that fixes it, when it is missing or older than a source it is built from:
+/// a test or a demo on stale binaries would check yesterday's code.
 pub fn function_binary(queue: dualcaster::queue::Queue) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -114,5 +116,48 @@ pub fn function_binary(queue: dualcaster::queue::Queue) -> anyhow::Result<PathBu
     if dir.ends_with("deps") {
         dir.pop();
     }
-    Ok(dir.join(queue.as_str()))
+    let binary = dir.join(queue.as_str());
+    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let build = match profile {
+        "debug" => "cargo build --workspace --bins (make build)".to_owned(),
+        "release" => "cargo build --release --workspace --bins".to_owned(),
+        other => format!("cargo build --profile {other} --workspace --bins"),
+    };
+    let built = std::fs::metadata(&binary)
+        .and_then(|m| m.modified())
+        .map_err(|e| anyhow::anyhow!("{}: {e}; build it: {build}", binary.display()))?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root.canonicalize().unwrap_or(root);
+    let sources = [
+        root.join("Cargo.lock"),
+        root.join("shared"),
+        root.join("functions").join(queue.as_str()),
+    ];
+    if let Some((newer, _)) = sources
+        .iter()
+        .filter_map(|s| newest_file(s))
+        .filter(|(_, modified)| *modified > built)
+        .max_by_key(|(_, modified)| *modified)
+    {
+        anyhow::bail!(
+            "{} is older than {}: rebuild the functions: {build}",
+            binary.display(),
+            newer.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// The most recently modified file under `path` (itself if a file), skipping nothing but unreadable
+/// entries; `None` when there is none (a binary run away from its sources).
+fn newest_file(path: &Path) -> Option<(PathBuf, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return Some((path.to_owned(), meta.modified().ok()?));
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| newest_file(&entry.path()))
+        .max_by_key(|(_, modified)| *modified)
 }

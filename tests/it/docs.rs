@@ -1,0 +1,182 @@
+//! The documentation's links lead somewhere and the README's Layout names what is in the tree: the README is
+//! the front door, `docs/` holds one page per topic, and a moved heading or file must not leave a dead end.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn pages() -> Vec<PathBuf> {
+    let mut pages = vec![repo().join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(repo().join("docs"))
+        .expect("docs/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    pages
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut in_code = false;
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            found.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    found
+}
+
+/// Every `](target)` of a page outside code blocks.
+fn links(text: &str) -> Vec<String> {
+    let mut in_code = false;
+    let mut found = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("](") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find(')') else { break };
+            found.push(after[..end].to_owned());
+            rest = &after[end..];
+        }
+    }
+    found
+}
+
+#[test]
+fn every_link_in_the_readme_and_docs_leads_to_a_file_and_a_heading_that_exist() {
+    let mut dead = Vec::new();
+    let mut linked = BTreeSet::new();
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).expect("page");
+        for link in links(&text) {
+            if link.contains("://") || link.starts_with("mailto:") {
+                continue;
+            }
+            let (path, fragment) = link.split_once('#').unwrap_or((&link, ""));
+            let target = if path.is_empty() {
+                page.clone()
+            } else {
+                page.parent().expect("dir").join(path)
+            };
+            let Ok(target) = target.canonicalize() else {
+                dead.push(format!("{}: {link} (no such file)", page.display()));
+                continue;
+            };
+            linked.insert(target.clone());
+            if !fragment.is_empty() {
+                let heads = anchors(&std::fs::read_to_string(&target).unwrap_or_default());
+                if !heads.contains(fragment) {
+                    dead.push(format!("{}: {link} (no such heading)", page.display()));
+                }
+            }
+        }
+    }
+    assert!(dead.is_empty(), "dead links:\n{}", dead.join("\n"));
+    let orphans: Vec<_> = pages()
+        .into_iter()
+        .skip(1)
+        .filter(|p| !linked.contains(&p.canonicalize().expect("page")))
+        .collect();
+    assert!(orphans.is_empty(), "pages no link leads to: {orphans:?}");
+}
+
+#[test]
+fn the_readme_layout_names_what_is_in_the_tree() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let block = readme
+        .split("## Layout")
+        .nth(1)
+        .and_then(|s| s.split("```").nth(1))
+        .expect("a code block under ## Layout");
+    let mut missing = Vec::new();
+    let mut named_top = BTreeSet::new();
+    let mut parent = PathBuf::new();
+    // An entry starts at column 0 (top level) or 2 (inside the last top-level folder); deeper lines continue
+    // a description.
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with("   ") {
+            continue;
+        }
+        let indented = line.starts_with("  ");
+        let entries: Vec<&str> = line
+            .trim()
+            .split("  ")
+            .next()
+            .unwrap_or_default()
+            .split(", ")
+            .map(|e| e.trim_end_matches(','))
+            .collect();
+        for entry in entries {
+            if !(entry.contains('/') || entry.contains('.')) || entry.contains('<') {
+                if !indented && entry.contains('/') {
+                    parent = PathBuf::from(entry.split('/').next().unwrap_or_default());
+                    named_top.insert(parent.clone());
+                }
+                continue;
+            }
+            let path = if indented {
+                parent.join(entry)
+            } else {
+                let p = PathBuf::from(entry);
+                named_top.insert(
+                    p.components()
+                        .next()
+                        .map(|c| PathBuf::from(c.as_os_str()))
+                        .unwrap_or_default(),
+                );
+                if entry.ends_with('/') {
+                    parent = p.clone();
+                }
+                p
+            };
+            if !repo().join(&path).exists() {
+                missing.push(path);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the Layout names what is not there: {missing:?}"
+    );
+    let unnamed: Vec<String> = std::fs::read_dir(repo())
+        .expect("repo")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            !name.starts_with('.')
+                && !matches!(
+                    name.as_str(),
+                    "target" | "README.md" | "Cargo.lock" | "Makefile" | "LICENSE"
+                )
+        })
+        .filter(|name| !named_top.contains(Path::new(name)))
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "in the tree but not in the Layout: {unnamed:?}"
+    );
+}
