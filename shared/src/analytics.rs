@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
-use crate::context::TaskContext;
+use crate::context::Enqueue;
 use crate::envelope::Envelope;
 use crate::error::TaskError;
 use crate::queue::Queue;
@@ -28,11 +28,17 @@ pub const ONCE_PER_ID: Option<Idempotency> = Some(Idempotency {
     keep: Duration::from_secs(7 * 24 * 60 * 60),
 });
 
-/// Enqueues the next step of the chain, once per run of this one (id `<prefix>:<this run's key>`).
-pub async fn follow_up(ctx: &TaskContext, task: &str, prefix: &str) -> Result<(), TaskError> {
+/// Enqueues the next step of the chain, once per run of this one (id `<prefix>:<run_key>`, the key of the
+/// run asking).
+pub async fn follow_up(
+    out: &dyn Enqueue,
+    run_key: &str,
+    task: &str,
+    prefix: &str,
+) -> Result<(), TaskError> {
     let envelope =
-        Envelope::new(task, serde_json::Map::new()).with_id(format!("{prefix}:{}", ctx.run_key));
-    ctx.enqueue(Queue::Analytics, &envelope, 0).await
+        Envelope::new(task, serde_json::Map::new()).with_id(format!("{prefix}:{run_key}"));
+    out.enqueue(Queue::Analytics, &envelope, 0).await
 }
 
 /// Work recorded this long before the previous run's start is looked at again, so a batch whose transaction

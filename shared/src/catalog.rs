@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::context::TaskContext;
+use crate::context::Enqueue;
 use crate::envelope::Envelope;
 use crate::error::{class, TaskError};
 use crate::json_stream::StreamEnd;
@@ -278,6 +278,15 @@ pub struct BatchCounts {
     pub malformed: u64,
 }
 
+/// The work an ingestion run leads to.
+pub struct NextWork<'a> {
+    /// This task, its queue and its arguments: sent again, with a continuation id, to resume from the cursor
+    /// when the run stops for the deadline.
+    pub resume: (&'a str, Queue, serde_json::Map<String, serde_json::Value>),
+    /// The task, and its queue, sent once the whole file is applied.
+    pub then: Option<(&'a str, Queue)>,
+}
+
 impl IngestionRun {
     /// Registers the run. A succeeded version is `Unchanged` unless `force`; a version left running or failed
     /// resumes from its cursor (single-instance leases make sure no one else is at it); older versions still
@@ -391,13 +400,17 @@ impl IngestionRun {
     /// or corrupt, keeping the cursor so that the retry resumes after the applied batches.
     pub async fn conclude(
         &self,
-        ctx: &TaskContext,
+        db: &PgPool,
+        out: &dyn Enqueue,
         end: StreamEnd,
         cursor: u64,
         stopped_for_deadline: bool,
-        (task, queue, kwargs): (&str, Queue, serde_json::Map<String, serde_json::Value>),
-        then: Option<(&str, Queue)>,
+        next: NextWork<'_>,
     ) -> Result<Ending, TaskError> {
+        let NextWork {
+            resume: (task, queue, kwargs),
+            then,
+        } = next;
         let source = &self.source;
         match end {
             StreamEnd::Complete(total) if cursor >= total => {
@@ -409,7 +422,7 @@ impl IngestionRun {
                     )
                     .bind(source)
                     .bind(self.file_version)
-                    .fetch_one(ctx.db())
+                    .fetch_one(db)
                     .await?;
                     let id = format!(
                         "after:{source}:{}:{}",
@@ -417,10 +430,10 @@ impl IngestionRun {
                         started.timestamp_micros()
                     );
                     let envelope = Envelope::new(next, serde_json::Map::new()).with_id(&id);
-                    ctx.enqueue(next_queue, &envelope, 0).await?;
+                    out.enqueue(next_queue, &envelope, 0).await?;
                     tracing::info!(source = %source, task = next, id = %id, "enqueued the follow-up analytics");
                 }
-                self.succeed(ctx.db()).await?;
+                self.succeed(db).await?;
                 tracing::info!(source = %source, items = total, "ingestion complete");
                 Ok(Ending::Completed)
             }
@@ -431,7 +444,7 @@ impl IngestionRun {
                 );
                 let envelope = Envelope::new(task, kwargs).with_id(&id);
                 // Two seconds later, so this run has released its lease when the follow-up arrives.
-                ctx.enqueue(queue, &envelope, 2).await?;
+                out.enqueue(queue, &envelope, 2).await?;
                 tracing::info!(source = %source, cursor, continuation = %id, "deadline near: continuing in a follow-up message");
                 Ok(Ending::Continued(id))
             }
@@ -450,7 +463,7 @@ impl IngestionRun {
                     "{source} version {}: the download is truncated or corrupt after item {cursor}: {detail}",
                     self.file_version.to_rfc3339()
                 );
-                self.fail(ctx.db(), &message).await?;
+                self.fail(db, &message).await?;
                 Err(TaskError::retryable(class::CORRUPT_DOWNLOAD, message))
             }
         }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
@@ -49,6 +50,29 @@ impl std::fmt::Debug for Services {
         f.debug_struct("Services")
             .field("settings", &self.settings)
             .finish_non_exhaustive()
+    }
+}
+
+/// Sending work to a queue: all that domain code (an ingestion run's follow-ups, the analytics chain) asks of
+/// the runtime. [`TaskContext`] is the implementation.
+pub trait Enqueue: Sync {
+    /// Sends `envelope` to `queue`, delivered after `delay_secs`.
+    fn enqueue<'a>(
+        &'a self,
+        queue: Queue,
+        envelope: &'a Envelope,
+        delay_secs: i32,
+    ) -> BoxFuture<'a, Result<(), TaskError>>;
+}
+
+impl Enqueue for TaskContext {
+    fn enqueue<'a>(
+        &'a self,
+        queue: Queue,
+        envelope: &'a Envelope,
+        delay_secs: i32,
+    ) -> BoxFuture<'a, Result<(), TaskError>> {
+        Box::pin(TaskContext::enqueue(self, queue, envelope, delay_secs))
     }
 }
 

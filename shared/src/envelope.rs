@@ -105,7 +105,7 @@ impl Envelope {
             serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
                 TaskError::permanent(
                     class::MALFORMED_MESSAGE,
-                    format!("invalid envelope: {}", crate::registry::path_error(&e)),
+                    format!("invalid envelope: {}", crate::error::path_error(&e)),
                 )
             })?;
         envelope.check()?;

@@ -142,7 +142,6 @@ impl From<sqlx::Error> for TaskError {
     fn from(err: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &err {
             if matches!(db.code().as_deref(), Some("28000" | "28P01")) {
-                crate::secrets::note_auth_failure();
                 return TaskError::new(ErrorKind::Retryable, class::DATABASE_AUTH, err.to_string())
                     .with_source(err);
             }
@@ -206,6 +205,17 @@ where
         _ => (ErrorKind::Permanent, class::UPSTREAM),
     };
     TaskError::new(kind, class, message)
+}
+
+/// A JSON document refused by its type, said as `field: error`, or the error alone when it is about the whole object (an unknown or missing field).
+pub fn path_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = e.inner().to_string();
+    match e.path().to_string().as_str() {
+        // An unknown field names itself.
+        _ if inner.starts_with("unknown field") => inner,
+        "." | "" => inner,
+        path => format!("{path}: {inner}"),
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use crate::context::{Services, Upstreams};
 use crate::db::{self, RunLog};
 use crate::lease::dynamo::DynamoLeaseStore;
 use crate::queue::{Queue, SqsQueueOps};
-use crate::registry::Registry;
 use crate::runtime::{Invocation, Runtime};
 use crate::secrets::{DatabaseSecret, Endpoint};
 use crate::telemetry;
@@ -69,7 +68,7 @@ pub fn build_with(
     });
     Ok(Runtime::new(
         queue,
-        Registry::builtin(),
+        crate::tasks::registry(),
         services,
         Arc::new(SqsQueueOps::new(sqs)),
         RunLog::Postgres(pool),

@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn schedules_list_every_rule_with_its_next_fire_times() {
-        let registry = Registry::builtin();
+        let registry = crate::tasks::registry();
         let now = DateTime::parse_from_rfc3339("2026-11-26T15:00:00Z")
             .unwrap()
             .with_timezone(&Utc);

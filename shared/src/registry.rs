@@ -174,17 +174,6 @@ impl TaskSpec {
     }
 }
 
-/// `field: error`, or the error alone when it is about the whole object (an unknown or missing field).
-pub(crate) fn path_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
-    let inner = e.inner().to_string();
-    match e.path().to_string().as_str() {
-        // An unknown field names itself.
-        _ if inner.starts_with("unknown field") => inner,
-        "." | "" => inner,
-        path => format!("{path}: {inner}"),
-    }
-}
-
 /// The path of the first string (value or key) holding a NUL character, which Postgres can store in
 /// neither `text` nor `jsonb`: refused with the arguments rather than failing later as a database error.
 fn nul_path(value: &Value, path: &mut Vec<String>) -> bool {
@@ -227,7 +216,7 @@ fn parse_args<T: Task>(kwargs: Map<String, Value>) -> Result<T::Args, TaskError>
     let args: T::Args = serde_path_to_error::deserialize(kwargs).map_err(|e| {
         TaskError::permanent(
             class::INVALID_KWARGS,
-            format!("task `{}`: {}", T::NAME, path_error(&e)),
+            format!("task `{}`: {}", T::NAME, crate::error::path_error(&e)),
         )
     })?;
     garde::Validate::validate(&args).map_err(|report| {
@@ -279,13 +268,6 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The tasks shipped in `tasks/`.
-    pub fn builtin() -> Registry {
-        // The built-in list is checked by a unit test, so this cannot fail in a tested build.
-        Registry::from_specs(crate::tasks::all())
-            .unwrap_or_else(|e| panic!("built-in registry: {e}"))
-    }
-
     pub fn from_specs(
         specs: impl IntoIterator<Item = TaskSpec>,
     ) -> Result<Registry, RegistryError> {
@@ -418,45 +400,8 @@ mod tests {
     }
 
     #[test]
-    fn builtin_registry_is_valid_and_routes() {
-        let r = Registry::builtin();
-        assert_eq!(r.route("ping").unwrap(), Queue::Default);
-        assert_eq!(r.route("dlq_report").unwrap(), Queue::Default);
-        assert_eq!(r.route("ingest_scryfall_bulk").unwrap(), Queue::Ingestion);
-        assert_eq!(r.route("compute_price_metrics").unwrap(), Queue::Analytics);
-    }
-
-    /// A task file whose line in `tasks/mod.rs` is missing is never compiled, so nothing else would notice.
-    #[test]
-    fn every_task_file_is_registered_under_its_own_name() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tasks");
-        let files: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| path.extension().is_some_and(|e| e == "rs"))
-            .filter_map(|path| Some(path.file_stem()?.to_str()?.to_owned()))
-            .filter(|stem| stem != "mod")
-            .collect();
-        let registered: std::collections::BTreeSet<String> = Registry::builtin()
-            .iter()
-            .map(|spec| spec.name.to_owned())
-            .collect();
-        assert_eq!(
-            registered, files,
-            "every src/tasks/<name>.rs needs its line in the tasks! list of src/tasks/mod.rs, and its NAME must be <name>"
-        );
-    }
-
-    #[test]
-    fn every_builtin_schedule_is_valid() {
-        let r = Registry::builtin();
-        r.validate_schedules().unwrap();
-        assert!(r.schedules().count() >= 2);
-    }
-
-    #[test]
     fn bad_schedules_are_reported_with_task_schedule_and_field() {
-        let mut ping = *Registry::builtin().get("ping").unwrap();
+        let mut ping = *crate::tasks::registry().get("ping").unwrap();
         ping.schedules = &[
             Schedule {
                 name: "bad-cron",
@@ -522,7 +467,7 @@ mod tests {
 
     #[test]
     fn unknown_task_names_the_registered_ones() {
-        let builtin = Registry::builtin();
+        let builtin = crate::tasks::registry();
         let two =
             Registry::from_specs([*builtin.get("ping").unwrap(), *builtin.get("noop").unwrap()]);
         let err = two.unwrap().lookup("pong").unwrap_err();
@@ -537,7 +482,7 @@ mod tests {
 
     #[test]
     fn duplicates_and_bad_names_are_refused() {
-        let ping = *Registry::builtin().get("ping").unwrap();
+        let ping = *crate::tasks::registry().get("ping").unwrap();
         let err = Registry::from_specs([ping, ping]).unwrap_err();
         assert_eq!(err, RegistryError::Duplicate("ping"));
         let mut bad = ping;
@@ -550,7 +495,7 @@ mod tests {
 
     #[test]
     fn envelope_checks_kwargs_before_anything_is_sent() {
-        let r = Registry::builtin();
+        let r = crate::tasks::registry();
         let (queue, env) = r.envelope("ping", kwargs(json!({"note": "hi"}))).unwrap();
         assert_eq!(queue, Queue::Default);
         assert_eq!(env.task, "ping");

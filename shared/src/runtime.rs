@@ -65,6 +65,15 @@ impl Invocation {
 /// function timeout itself (600000), which read as an epoch time would be 1970 and end every invocation
 /// at once. No real deadline is that far in the past, so a value under [`EPOCH_MS_FLOOR`] is taken as
 /// a duration.
+/// The invocation's answer as JSON. One that cannot be serialised fails the whole invocation, so the batch
+/// comes back whole, rather than answering `null`, which Lambda reads as "every record succeeded".
+fn to_response(value: &impl serde::Serialize) -> Result<Value, InvokeError> {
+    serde_json::to_value(value).map_err(|e| InvokeError {
+        error_type: class::TASK_FAILED.into(),
+        message: format!("the invocation's response could not be serialised: {e}"),
+    })
+}
+
 fn remaining_ms(deadline: u64, now_ms: i64) -> i64 {
     let deadline = deadline as i64;
     if deadline < EPOCH_MS_FLOOR {
@@ -194,10 +203,10 @@ impl Runtime {
                     message: format!("payload has `Records` but is not an SQS event: {e}"),
                 })?;
                 let response = self.handle_batch(event, &invocation).await;
-                Ok(serde_json::to_value(response).unwrap_or(Value::Null))
+                to_response(&response)
             } else {
                 let report = self.handle_direct(payload, &invocation).await?;
-                Ok(serde_json::to_value(report).unwrap_or(Value::Null))
+                to_response(&report)
             }
         }
         .instrument(span)
@@ -647,8 +656,14 @@ impl Runtime {
             started_at,
             finished_at: Utc::now(),
         };
-        if let Err(e) = self.runs.record(&record).await {
+        let recorded = self.runs.record(&record).await;
+        if let Err(e) = &recorded {
             warn!(error = %e, "could not record the run in task_runs");
+        }
+        let auth_failed = report.error_class.as_deref() == Some(class::DATABASE_AUTH)
+            || matches!(&recorded, Err(e) if e.class() == class::DATABASE_AUTH);
+        if let (true, Some(secret)) = (auth_failed, &self.services.db_secret) {
+            secret.note_rejected();
         }
         if !self.services.settings.emit_metrics {
             return;

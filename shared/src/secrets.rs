@@ -13,14 +13,6 @@ use sqlx::PgPool;
 
 use crate::error::{class, from_sdk_error, TaskError};
 
-/// Set when Postgres refuses a login; the next invocation fetches the secret again.
-static AUTH_REJECTED: AtomicBool = AtomicBool::new(false);
-
-/// Records that Postgres rejected the credentials (SQLSTATE 28000 or 28P01).
-pub fn note_auth_failure() {
-    AUTH_REJECTED.store(true, Ordering::SeqCst);
-}
-
 /// The endpoint parts the function's environment supplies.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endpoint {
@@ -100,6 +92,8 @@ pub struct DatabaseSecret {
     endpoint: Endpoint,
     application_name: &'static str,
     loaded: tokio::sync::Mutex<bool>,
+    /// Set when Postgres refused a login; the next invocation fetches the secret again.
+    rejected: AtomicBool,
 }
 
 impl DatabaseSecret {
@@ -115,14 +109,20 @@ impl DatabaseSecret {
             endpoint,
             application_name,
             loaded: tokio::sync::Mutex::new(false),
+            rejected: AtomicBool::new(false),
         }
+    }
+
+    /// Records that Postgres rejected the credentials (a `database_auth` error: SQLSTATE 28000 or 28P01).
+    pub fn note_rejected(&self) {
+        self.rejected.store(true, Ordering::SeqCst);
     }
 
     /// Points `pool` at the secret's credentials, fetching them on first use and after a rejected login.
     /// Connections already open keep working; new ones use the fresh credentials.
     pub async fn ensure(&self, pool: &PgPool) -> Result<(), TaskError> {
         let mut loaded = self.loaded.lock().await;
-        if AUTH_REJECTED.swap(false, Ordering::SeqCst) && *loaded {
+        if self.rejected.swap(false, Ordering::SeqCst) && *loaded {
             tracing::warn!(secret = %self.arn, "Postgres rejected the credentials: fetching the secret again");
             *loaded = false;
         }

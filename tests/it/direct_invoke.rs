@@ -1,7 +1,6 @@
 use std::time::Duration;
 
 use dualcaster::queue::Queue;
-use dualcaster::registry::Registry;
 use dualcaster_tools::local::function::Invoked;
 use dualcaster_tools::local::runtime_api::InvokeOutcome;
 use integration_tests::{ping, TestStack};
@@ -48,7 +47,10 @@ async fn a_bare_envelope_runs_synchronously_and_returns_its_report() {
     assert_eq!(runs, 1);
 
     // The function's registry is the one this test links: every task of the list, in name order.
-    let names: Vec<&str> = Registry::builtin().iter().map(|spec| spec.name).collect();
+    let names: Vec<&str> = dualcaster::tasks::registry()
+        .iter()
+        .map(|spec| spec.name)
+        .collect();
     let registered = format!("(registered: {})", names.join(", "));
     for (payload, error_type, needle) in [
         (

@@ -4,7 +4,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use dualcaster::queue::Queue;
-use dualcaster::registry::Registry;
 use dualcaster_tools::local::event_source::invoke_function;
 use dualcaster_tools::local::local_events;
 use dualcaster_tools::local::template::{delete_rules, provision_rules, Template};
@@ -34,7 +33,8 @@ fn tool(name: &str) -> PathBuf {
 #[test]
 fn the_template_schedules_are_those_the_registry_generates() {
     let template = std::fs::read_to_string(repo().join("infra/template.yaml")).unwrap();
-    if let Err(e) = dualcaster_tools::infra::check_drift(&template, &Registry::builtin()) {
+    if let Err(e) = dualcaster_tools::infra::check_drift(&template, &dualcaster::tasks::registry())
+    {
         panic!("{e}");
     }
 }
@@ -348,9 +348,7 @@ async fn the_infrastructure_deploys_through_cloudformation_as_the_template_state
         .collect();
     assert_eq!(
         declared.len(),
-        dualcaster::registry::Registry::builtin()
-            .schedules()
-            .count()
+        dualcaster::tasks::registry().schedules().count()
     );
     declared.sort();
     assert_eq!(deployed, declared);

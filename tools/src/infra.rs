@@ -536,7 +536,7 @@ mod tests {
 
     #[test]
     fn the_template_schedules_follow_the_registry() {
-        check_drift(&template(), &Registry::builtin()).unwrap();
+        check_drift(&template(), &dualcaster::tasks::registry()).unwrap();
     }
 
     #[test]
@@ -590,7 +590,7 @@ mod tests {
                 .values()
                 .filter(|r| r["Type"].as_str() == Some("AWS::Events::Rule"))
                 .count(),
-            Registry::builtin().schedules().count()
+            dualcaster::tasks::registry().schedules().count()
         );
         let outputs: Vec<_> = doc["Outputs"]
             .as_mapping()
@@ -721,7 +721,7 @@ mod tests {
             1,
         );
         assert_ne!(drifted, t, "the template no longer has the ping schedule");
-        match check_drift(&drifted, &Registry::builtin()) {
+        match check_drift(&drifted, &dualcaster::tasks::registry()) {
             Err(DriftError::Drift {
                 found, expected, ..
             }) => {
@@ -733,17 +733,17 @@ mod tests {
         // A rule removed by hand is drift too; syncing restores the block exactly.
         let (body, end) = block_bounds(&t).unwrap();
         let emptied = format!("{}{}", &t[..body], &t[end..]);
-        assert!(check_drift(&emptied, &Registry::builtin()).is_err());
-        assert_eq!(sync(&emptied, &Registry::builtin()).unwrap(), t);
+        assert!(check_drift(&emptied, &dualcaster::tasks::registry()).is_err());
+        assert_eq!(sync(&emptied, &dualcaster::tasks::registry()).unwrap(), t);
         assert_eq!(
-            check_drift("Resources: {}", &Registry::builtin()),
+            check_drift("Resources: {}", &dualcaster::tasks::registry()),
             Err(DriftError::MissingMarker("BEGIN GENERATED"))
         );
     }
 
     #[test]
     fn generated_rules_send_an_envelope_with_a_per_firing_id() {
-        let block = schedules_block(&Registry::builtin());
+        let block = schedules_block(&dualcaster::tasks::registry());
         assert!(
             block.contains("  SchedulePingHeartbeat:\n    Type: AWS::Events::Rule\n"),
             "{block}"

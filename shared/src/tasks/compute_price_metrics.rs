@@ -197,7 +197,7 @@ impl Task for ComputePriceMetrics {
         tx.commit().await?;
         if changed > 0 {
             // New metrics call for a signal pass, once per metrics run.
-            analytics::follow_up(&ctx, "detect_price_signals", "signals").await?;
+            analytics::follow_up(&ctx, &ctx.run_key, "detect_price_signals", "signals").await?;
         }
         Ok(PriceMetricsReport {
             full,

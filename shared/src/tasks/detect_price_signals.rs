@@ -183,7 +183,7 @@ impl Task for DetectPriceSignals {
         mark.advance(&mut tx).await?;
         tx.commit().await?;
         // Recommendations follow every signal pass, once per pass.
-        analytics::follow_up(&ctx, "generate_recommendations", "recommendations").await?;
+        analytics::follow_up(&ctx, &ctx.run_key, "generate_recommendations", "recommendations").await?;
         Ok(SignalsReport {
             full,
             since: (!full).then_some(since),

@@ -19,7 +19,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use uuid::Uuid;
 
 use crate::catalog::{
-    insert_missing_printings, upsert_prices, BatchCounts, Ending, IngestOutcome, IngestionRun, RunStart,
+    insert_missing_printings, upsert_prices, BatchCounts, Ending, NextWork, IngestOutcome, IngestionRun, RunStart,
 };
 use crate::context::TaskContext;
 use crate::error::{class, TaskError};
@@ -235,7 +235,7 @@ impl Task for IngestMtgjsonPrices {
         let follow_up = (Self::NAME, Self::QUEUE, kwargs.as_object().cloned().unwrap_or_default());
         // New prices call for new metrics; identifiers do not.
         let then = (args.file != MtgjsonFile::AllIdentifiers).then_some(("compute_price_metrics", Queue::Analytics));
-        match run.conclude(&ctx, end, report.cursor, stopped, follow_up, then).await? {
+        match run.conclude(ctx.db(), &ctx, end, report.cursor, stopped, NextWork { resume: follow_up, then }).await? {
             Ending::Completed => {}
             Ending::Continued(id) => {
                 report.outcome = IngestOutcome::Continued;

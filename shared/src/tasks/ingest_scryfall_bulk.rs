@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::catalog::{
-    upsert_price_columns, upsert_printings, BatchCounts, Ending, IngestOutcome, IngestionRun, PriceColumns,
+    upsert_price_columns, upsert_printings, BatchCounts, Ending, NextWork, IngestOutcome, IngestionRun, PriceColumns,
     RunStart,
 };
 use crate::context::TaskContext;
@@ -253,7 +253,7 @@ impl Task for IngestScryfallBulk {
         let kwargs = json!({"bulk_type": args.bulk_type, "batch_size": args.batch_size});
         let follow_up = (Self::NAME, Self::QUEUE, kwargs.as_object().cloned().unwrap_or_default());
         let then = Some(("compute_price_metrics", Queue::Analytics));
-        match run.conclude(&ctx, end, report.cursor, stopped, follow_up, then).await? {
+        match run.conclude(ctx.db(), &ctx, end, report.cursor, stopped, NextWork { resume: follow_up, then }).await? {
             Ending::Completed => {}
             Ending::Continued(id) => {
                 report.outcome = IngestOutcome::Continued;

@@ -1,13 +1,13 @@
 //! The tasks, one file each. To add one, write `tasks/<name>.rs` with a type implementing
 //! [`Task`](crate::registry::Task) and add one line below (see the README's "Adding a task").
 
-use crate::registry::TaskSpec;
+use crate::registry::{Registry, TaskSpec};
 
 macro_rules! tasks {
     ($($module:ident :: $task:ident),* $(,)?) => {
         $(pub mod $module;)*
 
-        /// Every task of this build, for [`Registry::builtin`](crate::registry::Registry::builtin).
+        /// Every task of this build, in the order of the list.
         pub fn all() -> Vec<TaskSpec> {
             vec![$(TaskSpec::of::<$module::$task>()),*]
         }
@@ -27,4 +27,51 @@ tasks! {
     detect_price_signals::DetectPriceSignals,
     generate_recommendations::GenerateRecommendations,
     prune_price_history::PrunePriceHistory,
+}
+
+/// Every task of this build: the registry each function runs.
+pub fn registry() -> Registry {
+    // The list is checked by a unit test, so this cannot fail in a tested build.
+    Registry::from_specs(all()).unwrap_or_else(|e| panic!("the task list: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Queue;
+
+    #[test]
+    fn builtin_registry_is_valid_and_routes() {
+        let r = registry();
+        assert_eq!(r.route("ping").unwrap(), Queue::Default);
+        assert_eq!(r.route("dlq_report").unwrap(), Queue::Default);
+        assert_eq!(r.route("ingest_scryfall_bulk").unwrap(), Queue::Ingestion);
+        assert_eq!(r.route("compute_price_metrics").unwrap(), Queue::Analytics);
+    }
+
+    /// A task file whose line in `tasks/mod.rs` is missing is never compiled, so nothing else would notice.
+    #[test]
+    fn every_builtin_schedule_is_valid() {
+        let r = registry();
+        r.validate_schedules().unwrap();
+        assert!(r.schedules().count() >= 2);
+    }
+
+    #[test]
+    fn every_task_file_is_registered_under_its_own_name() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tasks");
+        let files: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "rs"))
+            .filter_map(|path| Some(path.file_stem()?.to_str()?.to_owned()))
+            .filter(|stem| stem != "mod")
+            .collect();
+        let registered: std::collections::BTreeSet<String> =
+            registry().iter().map(|spec| spec.name.to_owned()).collect();
+        assert_eq!(
+            registered, files,
+            "every src/tasks/<name>.rs needs its line in the tasks! list of src/tasks/mod.rs, and its NAME must be <name>"
+        );
+    }
 }

@@ -12,7 +12,6 @@ use serde_json::{json, Map};
 use dualcaster::config::Settings;
 use dualcaster::envelope::Envelope;
 use dualcaster::queue::Queue;
-use dualcaster::registry::Registry;
 use dualcaster_tools::local::event_source::Dispatch;
 use dualcaster_tools::local::stub::{Content, StubUpstream};
 use dualcaster_tools::local::system::{LocalSystem, Options, Runner};
@@ -131,7 +130,7 @@ pub(crate) async fn demo(
             json!({"file": "v4_history", "path": "v4_history_WAR.json", "force": true}),
         ),
     ] {
-        let (_, envelope) = Registry::builtin()
+        let (_, envelope) = dualcaster::tasks::registry()
             .envelope(task, kwargs.as_object().cloned().unwrap_or_default())
             .map_err(|e| anyhow!("{e}"))?;
         send_message(
@@ -143,7 +142,7 @@ pub(crate) async fn demo(
     }
 
     println!("== sending a mix of messages to the default queue");
-    let registry = Registry::builtin();
+    let registry = dualcaster::tasks::registry();
     let default_url = settings.urls(Queue::Default).queue.clone();
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let mut bodies = Vec::new();

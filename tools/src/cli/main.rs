@@ -36,7 +36,6 @@ use dualcaster::db::MIGRATOR;
 use dualcaster::envelope::Envelope;
 use dualcaster::lease::dynamo::DynamoLeaseStore;
 use dualcaster::queue::Queue;
-use dualcaster::registry::Registry;
 use dualcaster::runtime::{Invocation, Runtime};
 use dualcaster_tools::local::event_source::Dispatch;
 use dualcaster_tools::local::system::{LocalSystem, Options, Runner};
@@ -277,7 +276,7 @@ async fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Tasks => {
-            for spec in Registry::builtin().iter() {
+            for spec in dualcaster::tasks::registry().iter() {
                 println!(
                     "{:<20} queue={:<10} max_retries={} base_delay={:?} max_delay={:?}",
                     spec.name,
@@ -296,7 +295,7 @@ async fn execute(cli: Cli) -> Result<()> {
             expires_in,
         } => {
             let settings = Settings::from_env()?;
-            let (queue, mut envelope) = Registry::builtin()
+            let (queue, mut envelope) = dualcaster::tasks::registry()
                 .envelope(&task, parse_kwargs(&kwargs)?)
                 .map_err(|e| anyhow!("{e}"))?;
             envelope.id = Some(id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()));
@@ -318,7 +317,7 @@ async fn execute(cli: Cli) -> Result<()> {
             id,
             endpoint: Some(endpoint),
         } => {
-            let queue = Registry::builtin()
+            let queue = dualcaster::tasks::registry()
                 .route(&task)
                 .map_err(|e| anyhow!("{e}"))?;
             let mut envelope = Envelope::new(task, parse_kwargs(&kwargs)?);
@@ -341,7 +340,7 @@ async fn execute(cli: Cli) -> Result<()> {
             id,
             endpoint: None,
         } => {
-            let registry = Registry::builtin();
+            let registry = dualcaster::tasks::registry();
             let queue = registry.route(&task).map_err(|e| anyhow!("{e}"))?;
             let runtime = local_runtime(queue).await?;
             let mut envelope = Envelope::new(task, parse_kwargs(&kwargs)?);
@@ -662,7 +661,7 @@ fn template_command(action: TemplateAction, path: &Path) -> Result<()> {
     use dualcaster_tools::infra;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let registry = Registry::builtin();
+    let registry = dualcaster::tasks::registry();
     if let Err(problems) = registry.validate_schedules() {
         bail!("invalid schedules:\n  {}", problems.join("\n  "));
     }
@@ -704,7 +703,7 @@ fn template_command(action: TemplateAction, path: &Path) -> Result<()> {
 
 fn list_schedules(next: usize) -> Result<()> {
     use dualcaster::schedule::ScheduleExpression;
-    let registry = Registry::builtin();
+    let registry = dualcaster::tasks::registry();
     let now = Utc::now();
     for (spec, schedule) in registry.schedules() {
         let expr: ScheduleExpression = schedule

@@ -709,7 +709,7 @@ mod tests {
         // the queue's maxReceiveCount must leave room for that plus a couple of crash redeliveries, or the
         // redrive policy would move the message first, without context.
         let t = repo_template();
-        for spec in dualcaster::registry::Registry::builtin().iter() {
+        for spec in dualcaster::tasks::registry().iter() {
             let queue_id = &t.queue_env[&format!("DD_QUEUE_URL_{}", spec.queue.env_suffix())];
             let (_, max_receive) = t.queue(queue_id).unwrap().redrive.clone().unwrap();
             assert!(
