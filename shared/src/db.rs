@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::config::{DatabaseSource, Settings};
 use crate::error::TaskError;
-use crate::report::RunReport;
+use crate::report::{Disposition, RunReport};
 
 /// The schema, embedded in every binary. Applied by `dualcaster migrate` (or `make migrate`), never
 /// implicitly on a cold start.
@@ -75,32 +75,6 @@ pub fn no_delay_on_tcp_sockets() {
                     std::mem::size_of::<libc::c_int>() as libc::socklen_t,
                 );
             }
-        }
-    }
-}
-
-/// How the message of a finished attempt was left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    Acknowledged,
-    RetryScheduled,
-    DeadLettered,
-    HandedBack,
-    /// A direct invoke: the report or the error went back to the caller.
-    Returned,
-    /// Handed back with a delay because another run holds the task's lease or the delivery's key.
-    Deferred,
-}
-
-impl Disposition {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Disposition::Acknowledged => "acknowledged",
-            Disposition::RetryScheduled => "retry_scheduled",
-            Disposition::DeadLettered => "dead_lettered",
-            Disposition::HandedBack => "handed_back",
-            Disposition::Returned => "returned",
-            Disposition::Deferred => "deferred",
         }
     }
 }

@@ -23,6 +23,41 @@ impl Status {
     }
 }
 
+/// How the message of a finished attempt was left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Acknowledged,
+    RetryScheduled,
+    DeadLettered,
+    HandedBack,
+    /// A direct invoke: the report or the error went back to the caller.
+    Returned,
+    /// Handed back with a delay because another run holds the task's lease or the delivery's key.
+    Deferred,
+}
+
+impl Disposition {
+    /// Whether the message stays in its queue (reported to Lambda as a batch item failure) rather than
+    /// being deleted: a retry, a deferral, or a hand-back when the DLQ was unreachable.
+    pub fn stays_in_queue(self) -> bool {
+        matches!(
+            self,
+            Disposition::RetryScheduled | Disposition::HandedBack | Disposition::Deferred
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Acknowledged => "acknowledged",
+            Disposition::RetryScheduled => "retry_scheduled",
+            Disposition::DeadLettered => "dead_lettered",
+            Disposition::HandedBack => "handed_back",
+            Disposition::Returned => "returned",
+            Disposition::Deferred => "deferred",
+        }
+    }
+}
+
 /// Items a run handled, and how many of them it could not.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
