@@ -8,6 +8,7 @@ mod direct_invoke;
 mod disruptive;
 mod docs;
 mod faults;
+mod harness;
 mod infra;
 mod ingestion;
 mod leases;

@@ -30,6 +30,8 @@ pub struct TestStack {
     pub provisioned: Provisioned,
     pub db_name: String,
     pub admin_url: String,
+    /// Set by [`TestStack::cleanup`]; otherwise dropping the stack (a test that panicked) cleans up.
+    cleaned: bool,
 }
 
 /// A message read back from a dead-letter queue.
@@ -89,6 +91,7 @@ impl TestStack {
             provisioned,
             db_name,
             admin_url,
+            cleaned: false,
         })
     }
 
@@ -314,17 +317,64 @@ impl TestStack {
     }
 
     /// Drops the database and the queues.
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
         self.pool.close().await;
-        template::delete(&self.sqs, &self.dynamodb, &self.provisioned).await;
-        if let Ok(admin) = PgPool::connect(&self.admin_url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db_name
-            )))
-            .execute(&admin)
-            .await;
+        remove(
+            &self.sqs,
+            &self.dynamodb,
+            &self.provisioned,
+            &self.admin_url,
+            &self.db_name,
+        )
+        .await;
+        self.cleaned = true;
+    }
+}
+
+impl Drop for TestStack {
+    /// A test that panics before [`TestStack::cleanup`] still leaves nothing behind: the same clean-up runs on
+    /// a thread of its own, with its own clients, since the test's runtime is unwinding.
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
         }
+        let (provisioned, admin_url, db_name) = (
+            self.provisioned.clone(),
+            self.admin_url.clone(),
+            self.db_name.clone(),
+        );
+        let cleaner = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let (sqs, dynamodb) = (local_sqs().await, local_dynamodb().await);
+                remove(&sqs, &dynamodb, &provisioned, &admin_url, &db_name).await;
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
+/// Deletes a test's queues and lease table and drops its database.
+async fn remove(
+    sqs: &aws_sdk_sqs::Client,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    provisioned: &Provisioned,
+    admin_url: &str,
+    db_name: &str,
+) {
+    template::delete(sqs, dynamodb, provisioned).await;
+    if let Ok(admin) = PgPool::connect(admin_url).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
+        admin.close().await;
     }
 }
 

@@ -2,6 +2,7 @@
 //! real default function (built-in Runtime API, so its process can be watched): throughput, task latency,
 //! retries, dead letters, nothing lost, and the function's memory and open sockets over the run.
 
+use crate::stats::percentile;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -57,13 +58,6 @@ fn sample(pid: u32) -> Option<(u64, usize)> {
         })
         .count();
     Some((rss_kb, sockets))
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -226,8 +220,6 @@ pub async fn bench_load(template_path: &Path, messages: usize, rate: usize) -> R
         }
         let doubled = finals.values().filter(|n| **n > 1).count();
         let lost = messages - finals.len() - bad_bodies.min(malformed as usize);
-        run_ms.sort_by(f64::total_cmp);
-        end_to_end_ms.sort_by(f64::total_cmp);
 
         println!(
             "{messages} messages sent at {rate}/s over {:.1} s (70% noop, 25% ping, 2% retryable failures, 1% permanent, 1% invalid kwargs, 1% not JSON) to the default function (built-in Runtime API, `{}` build)",
@@ -249,10 +241,10 @@ pub async fn bench_load(template_path: &Path, messages: usize, rate: usize) -> R
         );
         println!(
             "task run time: p50 {:.0} ms, p99 {:.0} ms; send to done (succeeded): p50 {:.0} ms, p99 {:.0} ms",
-            percentile(&run_ms, 0.5),
-            percentile(&run_ms, 0.99),
-            percentile(&end_to_end_ms, 0.5),
-            percentile(&end_to_end_ms, 0.99)
+            percentile(&mut run_ms, 0.5),
+            percentile(&mut run_ms, 0.99),
+            percentile(&mut end_to_end_ms, 0.5),
+            percentile(&mut end_to_end_ms, 0.99)
         );
         // Warm-up (pool connections opening, first allocations) is the first quarter: growth is judged
         // between the second and the last.

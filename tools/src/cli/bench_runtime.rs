@@ -2,6 +2,7 @@
 //! their first poll of a local Runtime API, with settings, clients and the lazy pool built), the size of each
 //! packaged zip, and the runtime's own work per message for batches of ten no-op messages, in process.
 
+use crate::stats::percentile;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -48,10 +49,6 @@ fn offline_env() -> BTreeMap<String, String> {
     env
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
 /// Spawn to first poll, `starts` times for each function binary in `bin_dir`.
 async fn start_up(bin_dir: &Path, starts: usize) -> Result<Vec<(Queue, f64, f64)>> {
     let mut rows = Vec::new();
@@ -74,8 +71,11 @@ async fn start_up(bin_dir: &Path, starts: usize) -> Result<Vec<(Queue, f64, f64)
             samples.push(started.elapsed().as_secs_f64() * 1000.0);
             drop(function);
         }
-        samples.sort_by(f64::total_cmp);
-        rows.push((queue, percentile(&samples, 0.5), percentile(&samples, 0.95)));
+        rows.push((
+            queue,
+            percentile(&mut samples, 0.5),
+            percentile(&mut samples, 0.95),
+        ));
     }
     Ok(rows)
 }
@@ -153,8 +153,10 @@ async fn per_message(batches: usize) -> Result<(f64, f64)> {
             samples.push(elapsed.as_secs_f64() * 1e6 / 10.0);
         }
     }
-    samples.sort_by(f64::total_cmp);
-    Ok((percentile(&samples, 0.5), percentile(&samples, 0.95)))
+    Ok((
+        percentile(&mut samples, 0.5),
+        percentile(&mut samples, 0.95),
+    ))
 }
 
 pub async fn bench_runtime(

@@ -1,5 +1,6 @@
 //! `dualcaster demo`: the main job. The whole system on this machine, fed the bundled real data.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +18,13 @@ use dualcaster_tools::local::stub::{Content, StubUpstream};
 use dualcaster_tools::local::system::{LocalSystem, Options, Runner};
 use dualcaster_tools::local::{local_sqs, send_message};
 
-use crate::{migrate, provision_stack};
+use crate::stack::{migrate, provision_stack};
 
 /// The date the bundled sample's prices were recorded, used as its bulk file version.
 const SAMPLE_VERSION: &str = "2025-11-01T09:05:00Z";
 
 /// task, status, disposition, runs, error classes
 type RunSummaryRow = (Option<String>, String, String, i64, Option<String>);
-
 pub(crate) async fn demo(
     stack: &str,
     template: &Path,
@@ -43,22 +43,47 @@ pub(crate) async fn demo(
         Settings::from_lookup(|name| env.get(name).cloned().or_else(|| std::env::var(name).ok()))?;
     let pool = sqlx::PgPool::connect(settings.database_url()?.expose_secret()).await?;
     if !keep_data {
-        let host = reqwest::Url::parse(settings.database_url()?.expose_secret())
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_owned))
-            .unwrap_or_default();
-        if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]") {
-            bail!("the demo empties the catalog first, so it only runs on a local database (DATABASE_URL names `{host}`); pass --keep-data to keep what is there");
-        }
-        println!("== emptying the local catalog and analytics, so the summary shows this run only (--keep-data keeps them)");
-        sqlx::query(
-            "TRUNCATE printings, price_points, price_metrics, price_signals, price_recommendations, \
-             ingestion_runs, analytics_watermarks",
-        )
-        .execute(&pool)
-        .await?;
+        empty_catalog(&settings, &pool).await?;
     }
     let sqs = local_sqs().await;
+    empty_queues(&sqs, &settings).await;
+    let (system, _upstream) = start_functions(&sqs, &env, template, runner).await?;
+    enqueue_ingestions(&sqs, &settings).await?;
+    let run_id = send_a_mix(&sqs, &settings).await?;
+    println!("== waiting for every queue to empty");
+    system.drain(timeout).await?;
+    print_runs(&pool, started, &run_id).await?;
+    print_catalog(&pool).await?;
+    print_dlq_report(&system).await?;
+    system.stop().await;
+    println!(
+        "== done: the functions stop with this process; queues and history stay for inspection"
+    );
+    Ok(())
+}
+
+/// Empties the catalog and analytics, so the summary shows this run only. Refused on a database that is not
+/// on this machine.
+async fn empty_catalog(settings: &Settings, pool: &sqlx::PgPool) -> Result<()> {
+    let host = reqwest::Url::parse(settings.database_url()?.expose_secret())
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]") {
+        bail!("the demo empties the catalog first, so it only runs on a local database (DATABASE_URL names `{host}`); pass --keep-data to keep what is there");
+    }
+    println!("== emptying the local catalog and analytics, so the summary shows this run only (--keep-data keeps them)");
+    sqlx::query(
+        "TRUNCATE printings, price_points, price_metrics, price_signals, price_recommendations, \
+         ingestion_runs, analytics_watermarks",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Empties every queue and DLQ, so the DLQ report at the end shows this run only.
+async fn empty_queues(sqs: &aws_sdk_sqs::Client, settings: &Settings) {
     // Start from empty queues, so the DLQ report below shows this run only.
     for queue in Queue::ALL {
         let urls = settings.urls(queue);
@@ -66,7 +91,16 @@ pub(crate) async fn demo(
             let _ = sqs.purge_queue().queue_url(url).send().await;
         }
     }
+}
 
+/// Starts the functions and their event sources, with a local stand-in for Scryfall and MTGJSON serving the
+/// bundled real data (kept alive by the caller).
+async fn start_functions(
+    sqs: &aws_sdk_sqs::Client,
+    env: &BTreeMap<String, String>,
+    template: &Path,
+    runner: Runner,
+) -> Result<(LocalSystem, StubUpstream)> {
     std::fs::create_dir_all(".local/logs")?;
     let mut function_env = env.clone();
     function_env.insert("DD_DEADLINE_MARGIN_MS".into(), "2000".into());
@@ -118,7 +152,10 @@ pub(crate) async fn demo(
             "== the three functions run under the local Runtime API (logs in .local/logs/function-<queue>.log); one event source per queue feeds them"
         ),
     }
+    Ok((system, scryfall))
+}
 
+async fn enqueue_ingestions(sqs: &aws_sdk_sqs::Client, settings: &Settings) -> Result<()> {
     println!("== enqueueing ingest_scryfall_bulk and ingest_mtgjson_prices (v4 history) on the ingestion queue");
     for (task, kwargs) in [
         (
@@ -134,13 +171,18 @@ pub(crate) async fn demo(
             .envelope(task, kwargs.as_object().cloned().unwrap_or_default())
             .map_err(|e| anyhow!("{e}"))?;
         send_message(
-            &sqs,
+            sqs,
             &settings.urls(Queue::Ingestion).queue,
             &envelope.to_json(),
         )
         .await?;
     }
+    Ok(())
+}
 
+/// Good, duplicate, failing, poison and expired messages on the default queue; returns the run id their
+/// envelope ids carry.
+async fn send_a_mix(sqs: &aws_sdk_sqs::Client, settings: &Settings) -> Result<String> {
     println!("== sending a mix of messages to the default queue");
     let registry = dualcaster::tasks::registry();
     let default_url = settings.urls(Queue::Default).queue.clone();
@@ -187,13 +229,17 @@ pub(crate) async fn demo(
             .to_json(),
     ));
     for (what, body) in &bodies {
-        send_message(&sqs, &default_url, body).await?;
+        send_message(sqs, &default_url, body).await?;
         println!("   sent: {what}");
     }
+    Ok(run_id)
+}
 
-    println!("== waiting for every queue to empty");
-    system.drain(timeout).await?;
-
+async fn print_runs(
+    pool: &sqlx::PgPool,
+    started: chrono::DateTime<Utc>,
+    run_id: &str,
+) -> Result<()> {
     println!("== task runs since the demo started (from task_runs)");
     let rows: Vec<RunSummaryRow> = sqlx::query_as(
         "SELECT task, status, disposition || CASE WHEN replayed THEN ' (replayed)' ELSE '' END, count(*), \
@@ -201,7 +247,7 @@ pub(crate) async fn demo(
          FROM task_runs WHERE started_at >= $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     )
     .bind(started)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     println!(
         "   {:<26} {:<10} {:<25} {:>5}  error classes",
@@ -220,22 +266,25 @@ pub(crate) async fn demo(
     let heartbeats: i64 =
         sqlx::query_scalar("SELECT count(*) FROM health_checks WHERE check_key LIKE $1")
             .bind(format!("demo-{run_id}-%"))
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
     println!("   heartbeats written by this demo: {heartbeats}");
+    Ok(())
+}
 
+async fn print_catalog(pool: &sqlx::PgPool) -> Result<()> {
     println!("== the catalog after ingestion (Postgres)");
     let (printings, points, days): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM printings), (SELECT count(*) FROM price_points), \
                 (SELECT count(DISTINCT day) FROM price_points)",
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await?;
     println!("   printings: {printings}, price points: {points} over {days} day(s)");
     let by_source: Vec<(String, String, i64, i64)> = sqlx::query_as(
         "SELECT source, price_type, count(DISTINCT scryfall_id), count(*) FROM price_points GROUP BY 1, 2 ORDER BY 1, 2",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     for (source, price_type, cards, n) in by_source {
         println!("     {source:<12} {price_type:<8} {n:>6} points for {cards:>4} printings");
@@ -247,10 +296,10 @@ pub(crate) async fn demo(
          ORDER BY pp.price DESC, p.name LIMIT 5",
     )
     .bind(chrono::DateTime::parse_from_rfc3339(SAMPLE_VERSION)?.date_naive())
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     let metrics: i64 = sqlx::query_scalar("SELECT count(*) FROM price_metrics")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await?;
     println!("   price metrics (compute_price_metrics, enqueued by each completed ingestion): {metrics} series");
     let movers: Vec<(String, String, rust_decimal::Decimal, rust_decimal::Decimal, chrono::NaiveDate)> = sqlx::query_as(
@@ -259,11 +308,11 @@ pub(crate) async fn demo(
          WHERE m.source = 'tcgplayer' AND m.finish = 'nonfoil' AND m.latest_price >= 1 AND m.change_7d_pct IS NOT NULL \
          ORDER BY m.change_7d_pct DESC, p.name LIMIT 3",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     let signals: Vec<(String, i64)> =
         sqlx::query_as("SELECT kind, count(*) FROM price_signals GROUP BY 1 ORDER BY 1")
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await?;
     println!(
         "   price signals (detect_price_signals, enqueued by each metrics run): {}",
@@ -295,7 +344,7 @@ pub(crate) async fn demo(
         "SELECT DISTINCT ON (s.kind) s.kind, p.name, p.set_code, s.strength, s.day FROM price_signals s \
          JOIN printings p USING (scryfall_id) ORDER BY s.kind, s.strength DESC, p.name",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     if !strongest.is_empty() {
         println!("   the strongest signal of each kind:");
@@ -308,7 +357,7 @@ pub(crate) async fn demo(
     }
     let actions: Vec<(String, i64)> =
         sqlx::query_as("SELECT action, count(*) FROM price_recommendations GROUP BY 1 ORDER BY 1")
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await?;
     println!(
         "   recommendations (generate_recommendations, enqueued by each signal pass): {}",
@@ -325,7 +374,7 @@ pub(crate) async fn demo(
          ORDER BY r.action, r.confidence DESC, p.name) d \
          ORDER BY action, confidence DESC, name",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     for action in ["buy", "sell"] {
         let top: Vec<_> = picks.iter().filter(|p| p.0 == action).take(3).collect();
@@ -340,7 +389,10 @@ pub(crate) async fn demo(
             );
         }
     }
+    Ok(())
+}
 
+async fn print_dlq_report(system: &LocalSystem) -> Result<()> {
     println!(
         "== dlq_report, invoked directly on the default function (as `aws lambda invoke` would)"
     );
@@ -369,9 +421,5 @@ pub(crate) async fn demo(
         }
         Err(e) => bail!("dlq_report failed: {e}"),
     }
-    system.stop().await;
-    println!(
-        "== done: the functions stop with this process; queues and history stay for inspection"
-    );
     Ok(())
 }

@@ -8,6 +8,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_norway::Value;
 
+use crate::cfn::{global_function_timeout, number, scalar, tagged};
+
 /// A queue as the template declares it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueDefinition {
@@ -88,10 +90,8 @@ fn parse_function(resource: &Value, global_timeout: u64) -> Option<FunctionDefin
         .get("Binary")?
         .as_str()?;
     let props = resource.get("Properties");
-    let timeout_secs = props
-        .and_then(|p| p.get("Timeout"))
-        .and_then(Value::as_u64)
-        .unwrap_or(global_timeout);
+    let timeout_secs =
+        number(props.and_then(|p| p.get("Timeout"))).map_or(global_timeout, |t| t as u64);
     let environment = props
         .and_then(|p| p.get("Environment"))
         .and_then(|e| e.get("Variables"))
@@ -167,12 +167,7 @@ impl Template {
         let mut tables = Vec::new();
         let mut rules = Vec::new();
         let mut functions = BTreeMap::new();
-        let global_timeout = doc
-            .get("Globals")
-            .and_then(|g| g.get("Function"))
-            .and_then(|f| f.get("Timeout"))
-            .and_then(Value::as_u64)
-            .unwrap_or(3);
+        let global_timeout = global_function_timeout(&doc) as u64;
         for (id, resource) in resources {
             let id = id
                 .as_str()
@@ -242,23 +237,6 @@ impl Template {
 
     pub fn queue(&self, logical_id: &str) -> Option<&QueueDefinition> {
         self.queues.iter().find(|q| q.logical_id == logical_id)
-    }
-}
-
-/// The value under a CloudFormation short-form tag (`!Ref X`, `!GetAtt X.Arn`, `!Sub "..."`).
-fn tagged<'a>(value: &'a Value, tag: &str) -> Option<&'a Value> {
-    match value {
-        Value::Tagged(t) if t.tag == tag => Some(&t.value),
-        _ => None,
-    }
-}
-
-fn scalar(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
     }
 }
 

@@ -2,15 +2,16 @@
 //!
 //! The schedule rules (and the queue policies that let EventBridge send to the queues) are generated from the
 //! registry into a marked block of `infra/template.yaml` (`dualcaster template sync`, `make template`); a test
-//! fails when the block differs from what the registry generates. [`check_invariants`] checks the rest of the
-//! template for what every deployment must have: visibility timeouts that outlast the function, a DLQ with an
-//! alarm behind every queue, partial batch responses and bounded concurrency on every event source, IAM
-//! statements that name their resources, encryption everywhere.
+//! fails when the block differs from what the registry generates. [`check_invariants`] (`rules.rs`, one function
+//! per rule) checks the rest of the template for what every deployment must have.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use serde_norway::Value;
+
+mod rules;
+pub use rules::check_invariants;
 
 use dualcaster::queue::Queue;
 use dualcaster::registry::Registry;
@@ -197,59 +198,6 @@ pub fn check_drift(template: &str, registry: &Registry) -> Result<(), DriftError
     Ok(())
 }
 
-// --- invariants -----------------------------------------------------------------------------------------
-
-fn tagged<'a>(value: &'a Value, tag: &str) -> Option<&'a Value> {
-    match value {
-        Value::Tagged(t) if t.tag == tag => Some(&t.value),
-        _ => None,
-    }
-}
-
-/// `!GetAtt X.Attr` → `X`.
-fn get_att_target(value: &Value) -> Option<String> {
-    let inner = tagged(value, "GetAtt")?;
-    match inner {
-        Value::String(s) => s.split('.').next().map(str::to_owned),
-        Value::Sequence(seq) => seq.first().and_then(Value::as_str).map(str::to_owned),
-        _ => None,
-    }
-}
-
-fn number(value: Option<&Value>) -> Option<f64> {
-    match value? {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn strings(value: Option<&Value>) -> Vec<Value> {
-    match value {
-        Some(Value::Sequence(seq)) => seq.clone(),
-        Some(v) => vec![v.clone()],
-        None => vec![],
-    }
-}
-
-/// Actions that read or change data: a statement allowing them must name its resources.
-fn is_data_action(action: &str) -> bool {
-    let action = action.to_ascii_lowercase();
-    [
-        "sqs:",
-        "dynamodb:",
-        "s3:",
-        "secretsmanager:",
-        "kms:",
-        "sns:",
-        "rds-db:",
-        "ssm:",
-    ]
-    .iter()
-    .any(|p| action.starts_with(p))
-        || action == "*"
-}
-
 /// The template without its functions, as plain CloudFormation: what a deploy rehearsal can create where
 /// Lambda functions cannot run (LocalStack without Docker). Drops the SAM transform and globals, every
 /// `AWS::Serverless::*` resource, and every resource, condition or output that refers to a dropped resource
@@ -311,218 +259,6 @@ pub fn without_functions(template: &str) -> Result<(String, Vec<String>), serde_
         1,
     );
     Ok((text, dropped.into_iter().collect()))
-}
-
-/// Every violation of the deployment rules, as readable sentences (empty when the template is sound).
-pub fn check_invariants(template: &str) -> Result<Vec<String>, serde_norway::Error> {
-    let doc: Value = serde_norway::from_str(template)?;
-    let mut problems = Vec::new();
-    let empty = serde_norway::Mapping::new();
-    let resources = doc
-        .get("Resources")
-        .and_then(Value::as_mapping)
-        .unwrap_or(&empty);
-    let of_type = |t: &str| -> Vec<(String, &Value)> {
-        resources
-            .iter()
-            .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(t))
-            .filter_map(|(id, r)| Some((id.as_str()?.to_owned(), r)))
-            .collect()
-    };
-    let props = |r: &Value| r.get("Properties").cloned().unwrap_or(Value::Null);
-    let global_timeout = number(
-        doc.get("Globals")
-            .and_then(|g| g.get("Function"))
-            .and_then(|f| f.get("Timeout")),
-    )
-    .unwrap_or(3.0);
-
-    let queues = of_type("AWS::SQS::Queue");
-    let queue_ids: BTreeSet<String> = queues.iter().map(|(id, _)| id.clone()).collect();
-    let dlq_ids: BTreeSet<String> = queues
-        .iter()
-        .filter_map(|(_, q)| {
-            props(q)
-                .get("RedrivePolicy")
-                .and_then(|p| p.get("deadLetterTargetArn"))
-                .and_then(get_att_target)
-        })
-        .collect();
-
-    // Queues: a DLQ behind every work queue, encryption everywhere.
-    for (id, q) in &queues {
-        let p = props(q);
-        let encrypted = p.get("SqsManagedSseEnabled").and_then(Value::as_bool) == Some(true)
-            || p.get("KmsMasterKeyId").is_some();
-        if !encrypted {
-            problems.push(format!(
-                "{id}: queue is not encrypted (SqsManagedSseEnabled or KmsMasterKeyId)"
-            ));
-        }
-        if dlq_ids.contains(id) {
-            continue;
-        }
-        match p.get("RedrivePolicy") {
-            None => problems.push(format!(
-                "{id}: queue has no RedrivePolicy (dead-letter queue)"
-            )),
-            Some(policy) => {
-                let max = number(policy.get("maxReceiveCount")).unwrap_or(0.0);
-                if max < 5.0 {
-                    problems.push(format!("{id}: maxReceiveCount {max} is below 5"));
-                }
-                match policy.get("deadLetterTargetArn").and_then(get_att_target) {
-                    Some(t) if queue_ids.contains(&t) => {}
-                    _ => problems.push(format!(
-                        "{id}: RedrivePolicy does not target a queue of this template"
-                    )),
-                }
-            }
-        }
-    }
-
-    // An alarm on the depth of every dead-letter queue.
-    let alarmed: BTreeSet<String> = of_type("AWS::CloudWatch::Alarm")
-        .iter()
-        .filter(|(_, a)| {
-            props(a).get("MetricName").and_then(Value::as_str)
-                == Some("ApproximateNumberOfMessagesVisible")
-        })
-        .flat_map(|(_, a)| strings(props(a).get("Dimensions")))
-        .filter(|d| d.get("Name").and_then(Value::as_str) == Some("QueueName"))
-        .filter_map(|d| d.get("Value").and_then(get_att_target))
-        .collect();
-    for dlq in &dlq_ids {
-        if !alarmed.contains(dlq) {
-            problems.push(format!(
-                "{dlq}: dead-letter queue has no alarm on ApproximateNumberOfMessagesVisible"
-            ));
-        }
-    }
-
-    // Tables encrypted.
-    for (id, t) in of_type("AWS::DynamoDB::Table") {
-        let sse = props(t)
-            .get("SSESpecification")
-            .and_then(|s| s.get("SSEEnabled"))
-            .and_then(Value::as_bool);
-        if sse != Some(true) {
-            problems.push(format!(
-                "{id}: table is not encrypted (SSESpecification.SSEEnabled)"
-            ));
-        }
-    }
-
-    // Functions: event sources and IAM.
-    let mut consumed = BTreeSet::new();
-    for (id, f) in of_type("AWS::Serverless::Function") {
-        let p = props(f);
-        let timeout = number(p.get("Timeout")).unwrap_or(global_timeout);
-        for (_, event) in p
-            .get("Events")
-            .and_then(Value::as_mapping)
-            .into_iter()
-            .flatten()
-        {
-            if event.get("Type").and_then(Value::as_str) != Some("SQS") {
-                continue;
-            }
-            let ep = event.get("Properties").cloned().unwrap_or(Value::Null);
-            let queue = ep.get("Queue").and_then(get_att_target);
-            let responses: Vec<Value> = strings(ep.get("FunctionResponseTypes"));
-            if !responses
-                .iter()
-                .any(|r| r.as_str() == Some("ReportBatchItemFailures"))
-            {
-                problems.push(format!(
-                    "{id}: SQS event source lacks FunctionResponseTypes: [ReportBatchItemFailures]"
-                ));
-            }
-            let max_concurrency = number(
-                ep.get("ScalingConfig")
-                    .and_then(|s| s.get("MaximumConcurrency")),
-            );
-            if !max_concurrency.is_some_and(|m| (2.0..=1000.0).contains(&m)) {
-                problems.push(format!(
-                    "{id}: SQS event source lacks ScalingConfig.MaximumConcurrency (2-1000)"
-                ));
-            }
-            let window = number(ep.get("MaximumBatchingWindowInSeconds")).unwrap_or(0.0);
-            match queue {
-                Some(q) => {
-                    let visibility = queues
-                        .iter()
-                        .find(|(qid, _)| *qid == q)
-                        .and_then(|(_, r)| number(props(r).get("VisibilityTimeout")))
-                        .unwrap_or(30.0);
-                    if visibility < 6.0 * timeout + window {
-                        problems.push(format!(
-                            "{q}: VisibilityTimeout {visibility} is below 6 x {id}'s timeout {timeout} + batching window {window}"
-                        ));
-                    }
-                    consumed.insert(q);
-                }
-                None => problems.push(format!(
-                    "{id}: SQS event source Queue must be !GetAtt <Queue>.Arn"
-                )),
-            }
-        }
-        for policy in strings(p.get("Policies")) {
-            for statement in strings(policy.get("Statement")) {
-                if statement.get("Effect").and_then(Value::as_str) != Some("Allow") {
-                    continue;
-                }
-                let actions: Vec<String> = strings(statement.get("Action"))
-                    .iter()
-                    .filter_map(|a| a.as_str().map(str::to_owned))
-                    .collect();
-                let wildcard = strings(statement.get("Resource"))
-                    .iter()
-                    .any(|r| r.as_str().is_some_and(|s| s.contains('*')));
-                if let Some(action) = actions
-                    .iter()
-                    .find(|a| is_data_action(a) && (wildcard || a.ends_with('*')))
-                {
-                    problems.push(format!("{id}: IAM statement allowing `{action}` must name its resources and actions (no `*`)"));
-                }
-            }
-        }
-    }
-    for queue in Queue::ALL {
-        let qid = queue_logical_id(queue);
-        if !consumed.contains(&qid) {
-            problems.push(format!("{qid}: no function consumes the {queue} queue"));
-        }
-        if !dlq_ids.contains(&dlq_logical_id(queue)) {
-            problems.push(format!(
-                "{qid}: its dead-letter queue {} is missing",
-                dlq_logical_id(queue)
-            ));
-        }
-    }
-    // Security scan: a finding may only be skipped with its reason written next to it.
-    for (id, r) in resources {
-        let skips = r
-            .get("Metadata")
-            .and_then(|m| m.get("checkov"))
-            .and_then(|c| c.get("skip"));
-        for skip in strings(skips) {
-            let check = skip.get("id").and_then(Value::as_str).unwrap_or("(no id)");
-            let reason = skip
-                .get("comment")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .trim();
-            if reason.len() < 20 {
-                problems.push(format!(
-                    "{}: checkov skip {check} needs a comment giving the reason",
-                    id.as_str().unwrap_or("?")
-                ));
-            }
-        }
-    }
-
-    Ok(problems)
 }
 
 #[cfg(test)]
