@@ -12,6 +12,7 @@ use crate::context::{Services, Upstreams};
 use crate::db::{self, RunLog};
 use crate::lease::dynamo::DynamoLeaseStore;
 use crate::queue::{Queue, SqsQueueOps};
+use crate::registry::Registry;
 use crate::runtime::{Invocation, Runtime};
 use crate::secrets::{DatabaseSecret, Endpoint};
 use crate::telemetry;
@@ -32,6 +33,24 @@ pub fn build_with(
     settings: Settings,
     aws: &aws_config::SdkConfig,
     function_name: String,
+) -> Result<Runtime, lambda_runtime::Error> {
+    build_with_registry(
+        queue,
+        settings,
+        aws,
+        function_name,
+        crate::tasks::registry(),
+    )
+}
+
+/// [`build_with`] for another task list: the built-in one with tasks added (`tasks::all()` plus one
+/// `TaskSpec::of::<T>()`), for a crate that defines its own.
+pub fn build_with_registry(
+    queue: Queue,
+    settings: Settings,
+    aws: &aws_config::SdkConfig,
+    function_name: String,
+    registry: Registry,
 ) -> Result<Runtime, lambda_runtime::Error> {
     let sqs = aws_sdk_sqs::Client::new(aws);
     let leases = Arc::new(DynamoLeaseStore::new(
@@ -68,7 +87,7 @@ pub fn build_with(
     });
     Ok(Runtime::new(
         queue,
-        crate::tasks::registry(),
+        registry,
         services,
         Arc::new(SqsQueueOps::new(sqs)),
         RunLog::Postgres(pool),

@@ -7,6 +7,7 @@ mod batches;
 mod direct_invoke;
 mod disruptive;
 mod docs;
+mod extending;
 mod faults;
 mod harness;
 mod infra;
