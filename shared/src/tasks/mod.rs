@@ -74,4 +74,42 @@ mod tests {
             "every src/tasks/<name>.rs needs its line in the tasks! list of src/tasks/mod.rs, and its NAME must be <name>"
         );
     }
+
+    /// `cargo test -p dualcaster-shared` alone catches a schedule changed without `make template`: the
+    /// template's generated block holds exactly the task list's rules, expressions and states. (The
+    /// byte-for-byte comparison is `dualcaster template check`, which the tools' and integration tests run.)
+    #[test]
+    fn the_template_carries_every_schedule_of_the_task_list() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let block = text
+            .split("# BEGIN GENERATED")
+            .nth(1)
+            .and_then(|rest| rest.split("# END GENERATED").next())
+            .expect("the template's generated block");
+        let mut found = std::collections::BTreeSet::new();
+        let mut rule: Option<(String, String)> = None;
+        for line in block.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix("Name: !Sub \"${AWS::StackName}-") {
+                rule = Some((name.trim_end_matches('"').to_owned(), String::new()));
+            } else if let Some(expression) = line.strip_prefix("ScheduleExpression: ") {
+                if let Some((_, e)) = rule.as_mut() {
+                    *e = expression.trim_matches('\'').to_owned();
+                }
+            } else if let Some(state) = line.strip_prefix("State: ") {
+                if let Some((name, expression)) = rule.take() {
+                    found.insert((name, expression, state == "ENABLED"));
+                }
+            }
+        }
+        let expected: std::collections::BTreeSet<(String, String, bool)> = registry()
+            .schedules()
+            .map(|(spec, s)| (s.rule_name(spec.name), s.expression.to_owned(), s.enabled))
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(
+            found, expected,
+            "infra/template.yaml's schedules differ from the task list: run `make template`"
+        );
+    }
 }

@@ -18,6 +18,7 @@ mod bench_event_source;
 mod bench_leases;
 mod bench_load;
 mod bench_runtime;
+mod commands;
 mod demo;
 mod mcp;
 mod mcp_args;
@@ -27,23 +28,15 @@ mod template;
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _, Result};
-use chrono::Utc;
+use anyhow::{Context as _, Result};
 use clap::Parser;
-use serde_json::{json, Value};
 
-use dualcaster::config::Settings;
-use dualcaster::envelope::Envelope;
-use dualcaster::runtime::Invocation;
-use dualcaster_tools::local::watch::InvokeApi;
-use dualcaster_tools::local::{load_env_file, local_sqs, send_message};
+use dualcaster_tools::local::load_env_file;
 
 use args::{Cli, Command};
 use bench_leases::bench_leases;
-use stack::{
-    database_url, local_ops, local_runtime, migrate, parse_kwargs, provision_stack, run, runner,
-    write_env_file,
-};
+use commands::{enqueue, invoke, list_tasks, ops, provision_command};
+use stack::{database_url, local_ops, migrate, run, runner};
 use template::{list_schedules, template_command};
 
 fn main() -> Result<()> {
@@ -66,28 +59,9 @@ async fn execute(cli: Cli) -> Result<()> {
             stack,
             template,
             write_env,
-        } => {
-            let env = provision_stack(&stack, &template).await?;
-            write_env_file(&write_env, &env)?;
-            for (k, v) in &env {
-                if k != "DATABASE_URL" {
-                    println!("{k}={v}");
-                }
-            }
-            eprintln!("wrote {}", write_env.display());
-            Ok(())
-        }
+        } => provision_command(&stack, &template, &write_env).await,
         Command::Tasks => {
-            for spec in dualcaster::tasks::registry().iter() {
-                println!(
-                    "{:<20} queue={:<10} max_retries={} base_delay={:?} max_delay={:?}",
-                    spec.name,
-                    spec.queue,
-                    spec.retry.max_retries,
-                    spec.retry.base_delay,
-                    spec.retry.max_delay
-                );
-            }
+            list_tasks();
             Ok(())
         }
         Command::Enqueue {
@@ -95,97 +69,14 @@ async fn execute(cli: Cli) -> Result<()> {
             kwargs,
             id,
             expires_in,
-        } => {
-            let settings = Settings::from_env()?;
-            let (queue, mut envelope) = dualcaster::tasks::registry()
-                .envelope(&task, parse_kwargs(&kwargs)?)
-                .map_err(|e| anyhow!("{e}"))?;
-            envelope.id = Some(id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()));
-            if let Some(secs) = expires_in {
-                envelope.expires_at = Some(Utc::now() + chrono::Duration::seconds(secs));
-            }
-            let sqs = local_sqs().await;
-            let message_id =
-                send_message(&sqs, &settings.urls(queue).queue, &envelope.to_json()).await?;
-            println!(
-                "{}",
-                json!({"queue": queue, "message_id": message_id, "envelope": envelope})
-            );
-            Ok(())
-        }
+        } => enqueue(&task, &kwargs, id, expires_in).await,
         Command::Invoke {
             task,
             kwargs,
             id,
-            endpoint: Some(endpoint),
-        } => {
-            let queue = dualcaster::tasks::registry()
-                .route(&task)
-                .map_err(|e| anyhow!("{e}"))?;
-            let mut envelope = Envelope::new(task, parse_kwargs(&kwargs)?);
-            envelope.id = id;
-            let api = InvokeApi::new(&endpoint, Duration::from_secs(960));
-            match api
-                .invoke(queue.as_str(), &serde_json::to_value(&envelope)?)
-                .await
-            {
-                Ok(report) => {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
-                    Ok(())
-                }
-                Err(e) => bail!("{e}"),
-            }
-        }
-        Command::Invoke {
-            task,
-            kwargs,
-            id,
-            endpoint: None,
-        } => {
-            let registry = dualcaster::tasks::registry();
-            let queue = registry.route(&task).map_err(|e| anyhow!("{e}"))?;
-            let runtime = local_runtime(queue).await?;
-            let mut envelope = Envelope::new(task, parse_kwargs(&kwargs)?);
-            envelope.id = id;
-            let payload = serde_json::to_value(&envelope)?;
-            match runtime
-                .handle(
-                    payload,
-                    Invocation::with_timeout("cli", Duration::from_secs(900)),
-                )
-                .await
-            {
-                Ok(report) => {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
-                    Ok(())
-                }
-                Err(e) => bail!("{}: {}", e.error_type, e.message),
-            }
-        }
-        Command::Ops { request, endpoint } => {
-            let payload: Value =
-                serde_json::from_str(&request).context("the request must be a JSON object")?;
-            let result = match endpoint {
-                Some(endpoint) => InvokeApi::new(&endpoint, Duration::from_secs(960))
-                    .invoke("ops", &payload)
-                    .await
-                    .map_err(|e| anyhow!("{e}")),
-                None => {
-                    let request = dualcaster::ops::parse(payload)
-                        .map_err(|e| anyhow!("{}: {}", e.error_type, e.message))?;
-                    local_ops()
-                        .await?
-                        .execute(
-                            request,
-                            Invocation::with_timeout("cli", Duration::from_secs(900)),
-                        )
-                        .await
-                        .map_err(|e| anyhow!("{}: {}", e.error_type, e.message))
-                }
-            };
-            println!("{}", serde_json::to_string_pretty(&result?)?);
-            Ok(())
-        }
+            endpoint,
+        } => invoke(task, &kwargs, id, endpoint).await,
+        Command::Ops { request, endpoint } => ops(&request, endpoint).await,
         Command::Mcp => mcp::serve(local_ops().await?).await,
         Command::BenchLeases { rounds } => bench_leases(rounds).await,
         Command::BenchLoad {
