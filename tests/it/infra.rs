@@ -267,7 +267,8 @@ async fn the_infrastructure_deploys_through_cloudformation_as_the_template_state
             "true",
             "{name}"
         );
-        match &queue.redrive {
+        let redrive = queue.redrive.as_ref();
+        match redrive.map(|r| (r.target.as_deref().unwrap_or("(none)"), r.max_receive_count)) {
             Some((dlq, max)) => {
                 let redrive: serde_json::Value =
                     serde_json::from_str(&attrs[&QueueAttributeName::RedrivePolicy]).unwrap();
@@ -279,7 +280,7 @@ async fn the_infrastructure_deploys_through_cloudformation_as_the_template_state
                 let dlq_name = template
                     .queues
                     .iter()
-                    .find(|q| &q.logical_id == dlq)
+                    .find(|q| q.logical_id == dlq)
                     .unwrap()
                     .name(&stack);
                 assert!(

@@ -1,6 +1,6 @@
 //! Reading CloudFormation YAML as SAM templates write it: short-form tags (`!GetAtt`, `!Sub`, `!Ref`) and
-//! scalars that may be numbers or strings. The template generator's checks and local provisioning both read
-//! the template through these.
+//! scalars that may be numbers or strings. The typed model of the template ([`crate::template`]) is read
+//! through these.
 
 use serde_norway::Value;
 

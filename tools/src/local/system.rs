@@ -112,7 +112,7 @@ impl LocalSystem {
         };
         let mut sources = Vec::new();
         for &queue in &options.queues {
-            let definition = template.functions.get(queue.as_str()).ok_or_else(|| {
+            let definition = template.function(queue.as_str()).ok_or_else(|| {
                 anyhow!(
                     "{} defines no `{queue}` function",
                     options.template.display()
@@ -147,8 +147,8 @@ impl LocalSystem {
             let source = EventSource::new(
                 sqs.clone(),
                 url,
-                definition.batch_size,
-                Duration::from_secs(definition.batching_window_secs),
+                definition.batch_size(),
+                Duration::from_secs(definition.batching_window_secs()),
             )
             .await?;
             sources.push((queue, target, source));
