@@ -425,3 +425,61 @@ fn sam_build_builds_every_function() {
         assert!(meta.len() > 1_000_000, "{function}: {} bytes", meta.len());
     }
 }
+
+/// `dualcaster provision` (and so `make run` and the demo) creates the local stack through CloudFormation: the
+/// functions get every queue, DLQ and the lease table from the stack's resources, the schedules exist as
+/// rules, and provisioning again changes nothing.
+#[tokio::test]
+async fn the_local_stack_is_created_through_cloudformation_and_provisioning_again_changes_nothing()
+{
+    use dualcaster_tools::local::cloudformation;
+    use dualcaster_tools::local::{local_aws, local_sqs};
+
+    let aws = local_aws().await;
+    let stack = format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let path = repo().join("infra/template.yaml");
+    let first = cloudformation::deploy(&aws, &path, &stack).await.unwrap();
+    let template = Template::load(&path).unwrap();
+    let sqs = local_sqs().await;
+    for queue in Queue::ALL {
+        for var in [
+            format!("DD_QUEUE_URL_{}", queue.env_suffix()),
+            format!("DD_DLQ_URL_{}", queue.env_suffix()),
+        ] {
+            let url = &first.env[&var];
+            let name = template
+                .queue(&template.queue_env[&var])
+                .unwrap()
+                .name(&stack);
+            assert!(url.ends_with(&format!("/{name}")), "{var}: {url}");
+            sqs.get_queue_attributes()
+                .queue_url(url)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(first.env["DD_LEASE_TABLE"], format!("{stack}-leases"));
+    let events = local_events().await;
+    let rules = events
+        .list_rules()
+        .name_prefix(&stack)
+        .send()
+        .await
+        .unwrap();
+    let mut names: Vec<String> = rules
+        .rules()
+        .iter()
+        .filter_map(|r| r.name().map(str::to_owned))
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = template.rules.iter().map(|r| r.name(&stack)).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+
+    let again = cloudformation::deploy(&aws, &path, &stack).await.unwrap();
+    assert_eq!(again.env, first.env);
+
+    let cfn = aws_sdk_cloudformation::Client::new(&aws);
+    cfn.delete_stack().stack_name(&stack).send().await.unwrap();
+}

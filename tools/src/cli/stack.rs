@@ -14,12 +14,10 @@ use dualcaster::config::Settings;
 use dualcaster::db::MIGRATOR;
 use dualcaster::queue::Queue;
 use dualcaster::runtime::Runtime;
+use dualcaster_tools::local::cloudformation;
 use dualcaster_tools::local::event_source::Dispatch;
 use dualcaster_tools::local::system::{LocalSystem, Options, Runner};
-use dualcaster_tools::local::template::{provision, provision_rules, Template};
-use dualcaster_tools::local::{
-    local_aws, local_aws_defaults, local_dynamodb, local_events, local_sqs,
-};
+use dualcaster_tools::local::{local_aws, local_aws_defaults, local_sqs};
 
 pub fn parse_kwargs(text: &str) -> Result<Map<String, Value>> {
     match serde_json::from_str(text).context("--kwargs must be a JSON object")? {
@@ -44,22 +42,15 @@ pub async fn migrate(database_url: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates the queues and returns the functions' environment for them (`DATABASE_URL` always included).
+/// Creates the stack through CloudFormation (the template without its functions) and returns the functions' environment
+/// for it (`DATABASE_URL` always included).
 pub async fn provision_stack(stack: &str, template: &Path) -> Result<BTreeMap<String, String>> {
-    let template = Template::load(template)?;
-    let sqs = local_sqs().await;
-    let dynamodb = local_dynamodb().await;
-    let provisioned = provision(&sqs, &dynamodb, &template, stack, &BTreeMap::new()).await?;
-    let rules = provision_rules(
-        &local_events().await,
-        &template,
-        stack,
-        &provisioned,
-        &BTreeMap::new(),
-        None,
-    )
-    .await?;
-    eprintln!("scheduled rules: {}", rules.join(", "));
+    let provisioned = cloudformation::deploy(&local_aws().await, template, stack).await?;
+    eprintln!(
+        "stack {stack} created through CloudFormation: {} queues, {} table(s)",
+        provisioned.urls.len(),
+        provisioned.tables.len()
+    );
     let mut env = local_aws_defaults();
     env.extend(provisioned.env);
     env.insert(

@@ -1,7 +1,9 @@
-//! Local stand-ins for the AWS pieces that cannot run on a developer machine or in CI: queues provisioned
-//! from the SAM template, the Lambda Runtime API (to run the real function binaries), and the SQS event
+//! Local stand-ins for the AWS pieces that cannot run on a developer machine or in CI: the template's
+//! resources created in LocalStack (through CloudFormation for the local stack, directly and per test for the
+//! tests, which shorten timeouts), the Lambda Runtime API (to run the real function binaries), and the SQS event
 //! source mapping (to feed them batches as AWS does).
 
+pub mod cloudformation;
 pub mod event_source;
 pub mod function;
 pub mod runtime_api;
