@@ -109,8 +109,8 @@ pub async fn send_message(
 }
 
 /// The function binary for `queue` next to the running executable (both live in `target/<profile>`).
-/// Refused, with the command that fixes it, when it is missing or older than a source it is built from:
-/// a test or a demo on stale binaries would check yesterday's code.
+/// Refused, with the command that fixes it, when it is missing or older than a source it is built from (the
+/// files cargo lists for it in `<binary>.d`): a test or a demo on stale binaries would check yesterday's code.
 pub fn function_binary(queue: dualcaster::queue::Queue) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -128,38 +128,65 @@ pub fn function_binary(queue: dualcaster::queue::Queue) -> anyhow::Result<PathBu
     let built = std::fs::metadata(&binary)
         .and_then(|m| m.modified())
         .map_err(|e| anyhow::anyhow!("{}: {e}; build it: {build}", binary.display()))?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let root = root.canonicalize().unwrap_or(root);
-    let sources = [
-        root.join("Cargo.lock"),
-        root.join("shared"),
-        root.join("functions").join(queue.as_str()),
-    ];
-    if let Some((newer, _)) = sources
-        .iter()
-        .filter_map(|s| newest_file(s))
-        .filter(|(_, modified)| *modified > built)
-        .max_by_key(|(_, modified)| *modified)
-    {
+    let sources = std::fs::read_to_string(binary.with_extension("d")).unwrap_or_default();
+    let newer = dep_info_sources(&sources)
+        .into_iter()
+        .filter_map(|source| Some((source.metadata().ok()?.modified().ok()?, source)))
+        .filter(|(modified, _)| *modified > built)
+        .max_by_key(|(modified, _)| *modified);
+    if let Some((_, source)) = newer {
         anyhow::bail!(
             "{} is older than {}: rebuild the functions: {build}",
             binary.display(),
-            newer.display()
+            source.display()
         );
     }
     Ok(binary)
 }
 
-/// The most recently modified file under `path` (itself if a file), skipping nothing but unreadable
-/// entries; `None` when there is none (a binary run away from its sources).
-fn newest_file(path: &Path) -> Option<(PathBuf, std::time::SystemTime)> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.is_file() {
-        return Some((path.to_owned(), meta.modified().ok()?));
+/// The sources of a cargo dep-info file (`target: a.rs b.rs ...`, spaces in paths escaped).
+fn dep_info_sources(text: &str) -> Vec<PathBuf> {
+    let Some(first) = text.lines().next() else {
+        return Vec::new();
+    };
+    let Some((_, list)) = first.split_once(": ") else {
+        return Vec::new();
+    };
+    let mut sources = Vec::new();
+    let mut current = String::new();
+    let mut chars = list.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ' ' => {
+                if !current.is_empty() {
+                    sources.push(PathBuf::from(std::mem::take(&mut current)));
+                }
+            }
+            c => current.push(c),
+        }
     }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|entry| newest_file(&entry.path()))
-        .max_by_key(|(_, modified)| *modified)
+    if !current.is_empty() {
+        sources.push(PathBuf::from(current));
+    }
+    sources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dep_info_lists_every_source_with_escaped_spaces() {
+        let text = "/t/debug/ingestion: /r/functions/ingestion/src/main.rs /r/my\\ dir/a.rs /r/b.sql\n\n/r/b.sql:\n";
+        assert_eq!(
+            dep_info_sources(text),
+            vec![
+                PathBuf::from("/r/functions/ingestion/src/main.rs"),
+                PathBuf::from("/r/my dir/a.rs"),
+                PathBuf::from("/r/b.sql"),
+            ]
+        );
+        assert!(dep_info_sources("").is_empty());
+    }
 }
