@@ -95,24 +95,13 @@ async fn a_task_defined_outside_the_library_runs_from_its_queue_with_one_line() 
             )
             .unwrap();
         assert_eq!(queue, Queue::Default);
-        stack
-            .sqs
-            .send_message()
-            .queue_url(&url)
-            .message_body(envelope.to_json())
-            .send()
-            .await
-            .unwrap();
+        stack.send(queue, &envelope.to_json()).await.unwrap();
     }
     // Past its bounds: only the runtime's own validation stands between it and the task.
     let too_much =
         json!({"task": "tally", "id": "too-much", "kwargs": {"name": "wins", "amount": 1000}});
     stack
-        .sqs
-        .send_message()
-        .queue_url(&url)
-        .message_body(too_much.to_string())
-        .send()
+        .send(Queue::Default, &too_much.to_string())
         .await
         .unwrap();
 
