@@ -91,6 +91,10 @@ pub struct TaskContext {
     pub(crate) services: Arc<Services>,
     /// The message's own attributes, as its producer set them (none for a direct invoke).
     pub(crate) attributes: Arc<MessageAttributes>,
+    /// The chain this run belongs to; follow-ups are sent in it.
+    pub chain_id: Arc<str>,
+    /// The X-Ray trace follow-ups continue (their `AWSTraceHeader`).
+    pub(crate) trace_header: Option<Arc<str>>,
 }
 
 impl TaskContext {
@@ -103,6 +107,8 @@ impl TaskContext {
         deadline: Instant,
     ) -> Self {
         TaskContext {
+            chain_id: run_key.as_str().into(),
+            trace_header: None,
             run_key,
             queue,
             attempt,
@@ -116,6 +122,13 @@ impl TaskContext {
     /// The same context for a message that carried `attributes`.
     pub fn with_attributes(mut self, attributes: Arc<MessageAttributes>) -> Self {
         self.attributes = attributes;
+        self
+    }
+
+    /// The same context for a run in chain `chain_id` (and X-Ray trace `trace_header`).
+    pub fn in_chain(mut self, chain_id: &str, trace_header: Option<&str>) -> Self {
+        self.chain_id = chain_id.into();
+        self.trace_header = trace_header.map(Into::into);
         self
     }
 
@@ -137,19 +150,37 @@ impl TaskContext {
         &self.services.settings
     }
 
-    /// Sends follow-up work to `queue` (after `delay_secs`): a continuation, or the next step of a chain.
+    /// Sends follow-up work to `queue` (after `delay_secs`): a continuation, or the next step of a chain. It
+    /// goes in this run's chain (unless the envelope names another) and X-Ray trace.
     pub async fn enqueue(
         &self,
         queue: Queue,
         envelope: &Envelope,
         delay_secs: i32,
     ) -> Result<(), TaskError> {
-        self.sqs()
+        let mut envelope = envelope.clone();
+        envelope
+            .chain_id
+            .get_or_insert_with(|| self.chain_id.to_string());
+        let trace = self.trace_header.as_deref().map(|header| {
+            aws_sdk_sqs::types::MessageSystemAttributeValue::builder()
+                .data_type("String")
+                .string_value(header)
+                .build()
+        });
+        let mut send = self
+            .sqs()
             .send_message()
             .queue_url(&self.settings().urls(queue).queue)
             .message_body(envelope.to_json())
-            .delay_seconds(delay_secs)
-            .send()
+            .delay_seconds(delay_secs);
+        if let Some(Ok(trace)) = trace {
+            send = send.message_system_attributes(
+                aws_sdk_sqs::types::MessageSystemAttributeNameForSends::AwsTraceHeader,
+                trace,
+            );
+        }
+        send.send()
             .await
             .map_err(|e| from_sdk_error("SendMessage (follow-up)", e))?;
         Ok(())

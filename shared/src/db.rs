@@ -88,6 +88,8 @@ pub struct RunRecord<'a> {
     pub disposition: Disposition,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// The X-Ray trace header the run belonged to, when there was one.
+    pub trace_header: Option<&'a str>,
 }
 
 /// Where run history goes. `Disabled` is for in-process benchmarks and unit tests of the batch logic.
@@ -107,8 +109,9 @@ impl RunLog {
         sqlx::query(
             "INSERT INTO task_runs (run_id, task, run_key, message_id, queue, trigger, attempt, status, \
              disposition, processed, errors, started_at, finished_at, duration_ms, reason, error_kind, \
-             error_class, detail, replayed) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+             error_class, detail, replayed, chain_id, trace_header) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+             $20, $21)",
         )
         .bind(Uuid::new_v4())
         .bind(r.task.as_deref())
@@ -129,10 +132,47 @@ impl RunLog {
         .bind(r.error_class.as_deref())
         .bind(detail.map(sqlx::types::Json))
         .bind(r.replayed)
+        .bind(&r.chain_id)
+        .bind(run.trace_header)
         .execute(pool)
         .await?;
         Ok(())
     }
+}
+
+/// One run of a chain, as `{"action":"chain"}` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct ChainRun {
+    pub task: Option<String>,
+    pub run_key: String,
+    pub queue: String,
+    pub attempt: i32,
+    pub status: String,
+    pub disposition: String,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i64,
+    pub processed: i64,
+    pub errors: i64,
+    pub error_class: Option<String>,
+    pub reason: Option<String>,
+    pub trace_header: Option<String>,
+}
+
+/// The runs of chain `chain_id` in the order they started (at most `limit`, the first ones).
+pub async fn chain_runs(
+    pool: &PgPool,
+    chain_id: &str,
+    limit: i64,
+) -> Result<Vec<ChainRun>, TaskError> {
+    Ok(sqlx::query_as::<_, ChainRun>(
+        "SELECT task, run_key, queue, attempt, status, disposition, started_at, duration_ms, processed, \
+         errors, error_class, reason, trace_header \
+         FROM task_runs WHERE chain_id = $1 ORDER BY started_at, finished_at LIMIT $2",
+    )
+    .bind(chain_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
 }
 
 #[cfg(test)]

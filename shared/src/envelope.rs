@@ -37,6 +37,11 @@ pub struct Envelope {
     /// Key under which duplicate deliveries are recognised; defaults to the id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The chain this run belongs to: the key of the run that started it (an ingestion, a schedule's firing,
+    /// a trigger). Absent on a chain's first message, whose own key becomes the chain id; the runtime puts it
+    /// on every follow-up, so one ingestion and everything it caused share it in `task_runs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<String>,
 }
 
 fn current_version() -> u32 {
@@ -53,6 +58,7 @@ impl Envelope {
             id: None,
             expires_at: None,
             idempotency_key: None,
+            chain_id: None,
         }
     }
 
@@ -121,6 +127,7 @@ impl Envelope {
             ("task", Some(&self.task)),
             ("id", self.id.as_ref()),
             ("idempotency_key", self.idempotency_key.as_ref()),
+            ("chain_id", self.chain_id.as_ref()),
         ] {
             if let Some(value) = value {
                 if value.len() > MAX_NAME_LEN {
@@ -197,8 +204,9 @@ mod tests {
 
     #[test]
     fn full_envelope_round_trips() {
-        let body = r#"{"v":1,"task":"ping","kwargs":{"note":"x"},"id":"r-1","expires_at":"2030-01-01T00:00:00Z","idempotency_key":"k"}"#;
+        let body = r#"{"v":1,"task":"ping","kwargs":{"note":"x"},"id":"r-1","expires_at":"2030-01-01T00:00:00Z","idempotency_key":"k","chain_id":"c-1"}"#;
         let e = Envelope::parse(body).unwrap();
+        assert_eq!(e.chain_id.as_deref(), Some("c-1"));
         assert_eq!(e.kwargs.get("note"), Some(&json!("x")));
         assert_eq!(e.id.as_deref(), Some("r-1"));
         assert_eq!(e.idempotency_key.as_deref(), Some("k"));
@@ -232,6 +240,13 @@ mod tests {
             "malformed_message"
         );
         assert_eq!(class_of(r#"{"task":"pi\u0000ng"}"#), "malformed_message");
+        assert_eq!(
+            class_of(&format!(
+                r#"{{"task":"ping","chain_id":"{}"}}"#,
+                "c".repeat(129)
+            )),
+            "malformed_message"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod function;
 pub mod json_stream;
 pub mod lease;
 pub mod metrics;
+pub mod migrations;
 pub mod mtgjson;
 pub mod ops;
 pub mod queue;

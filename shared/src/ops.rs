@@ -27,6 +27,8 @@ pub enum OpsRequest {
     Leases(ListLeases),
     ReleaseLease(ReleaseLease),
     Trigger(Trigger),
+    Chain(Chain),
+    Migrate(Migrate),
 }
 
 /// Dead letters per queue: depth, oldest age, counts by task and error class, and a peek at the most
@@ -123,12 +125,33 @@ pub struct Trigger {
     pub id: Option<String>,
 }
 
+/// The runs of one chain in the order they started: a run that started it (an ingestion, a schedule's firing,
+/// a trigger) and everything it caused, each with its outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chain {
+    /// The chain id: the key of the run that started it (a run report's `chain_id`).
+    pub id: String,
+    /// Runs listed at most (default 200, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Applies the embedded database migrations the database lacks (safe under concurrent calls), or lists them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Migrate {
+    /// List what would be applied, apply nothing (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+}
+
 /// Parses a direct invoke's payload: a precise `invalid_arguments` error for anything else.
 pub fn parse(payload: Value) -> Result<OpsRequest, InvokeError> {
     serde_json::from_value(payload).map_err(|e| InvokeError {
         error_type: class::INVALID_KWARGS.into(),
         message: format!(
-            "not an ops request ({e}); actions: dlq_stats, redrive, purge, schedules, leases, release_lease, trigger"
+            "not an ops request ({e}); actions: dlq_stats, redrive, purge, schedules, leases, release_lease, trigger, chain, migrate"
         ),
     })
 }
@@ -153,6 +176,13 @@ impl Ops {
         let (task, kwargs) = match request {
             OpsRequest::Schedules(s) => return schedules(self.runtime.registry(), s, Utc::now()),
             OpsRequest::Trigger(t) => return self.trigger(t).await,
+            OpsRequest::Chain(c) => return self.chain(c).await,
+            OpsRequest::Migrate(m) => {
+                let report =
+                    crate::migrations::migrate(self.runtime.db(), m.dry_run.unwrap_or(false))
+                        .await?;
+                return Ok(json!(report));
+            }
             OpsRequest::DlqStats(s) => ("dlq_report", to_kwargs(&s)),
             OpsRequest::Redrive(r) => ("dlq_redrive", to_kwargs(&r)),
             OpsRequest::Purge(p) => ("dlq_purge", to_kwargs(&p)),
@@ -193,6 +223,23 @@ impl Ops {
             "message_id": out.message_id(),
             "envelope": envelope,
         }))
+    }
+}
+
+impl Ops {
+    async fn chain(&self, c: Chain) -> Result<Value, InvokeError> {
+        let limit = c.limit.unwrap_or(200);
+        if !(1..=1000).contains(&limit) || c.id.is_empty() {
+            return Err(InvokeError {
+                error_type: class::INVALID_KWARGS.into(),
+                message: format!(
+                    "chain needs an id and a limit between 1 and 1000, got id `{}`, limit {limit}",
+                    c.id
+                ),
+            });
+        }
+        let runs = crate::db::chain_runs(self.runtime.db(), &c.id, i64::from(limit)).await?;
+        Ok(json!({ "chain_id": c.id, "runs": runs }))
     }
 }
 

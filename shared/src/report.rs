@@ -88,6 +88,9 @@ pub struct RunReport {
     pub task: Option<String>,
     /// The run's id: the envelope's `id`, else the SQS message id, else a fresh UUID.
     pub id: String,
+    /// The chain the run belongs to (`dualcaster ops '{"action":"chain","id":...}'` lists its runs).
+    #[serde(default)]
+    pub chain_id: String,
     pub queue: Queue,
     pub status: Status,
     pub attempt: u32,

@@ -48,7 +48,7 @@ fn f(v: &Option<String>) -> f64 {
 
 /// The ingestion function, reading MTGJSON from a server that holds the bundled v4 history as `v4.json`, and
 /// the analytics function. The server lives as long as the first element.
-async fn functions_with_v4_history(
+pub(crate) async fn functions_with_v4_history(
     stack: &TestStack,
 ) -> (FixtureServer, LocalFunction, LocalFunction) {
     let server = FixtureServer::start().await.unwrap();

@@ -487,6 +487,7 @@ async fn the_mcp_server_exposes_the_operator_actions_as_typed_tools() {
         names,
         [
             "analyze_dead_letter_queue",
+            "follow_chain",
             "list_leases",
             "list_schedules",
             "redrive_dead_letters",

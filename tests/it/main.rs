@@ -15,6 +15,7 @@ mod ingestion;
 mod leases;
 mod local_system;
 mod mtgjson;
+mod observability;
 mod operations;
 mod secrets;
 

@@ -157,6 +157,25 @@ impl TestStack {
         .await
     }
 
+    /// Starts the real ops function against a local Runtime API, with `extra_env` over the functions'
+    /// environment (a 60 s timeout).
+    pub async fn ops_function(&self, extra_env: &[(&str, &str)]) -> Result<LocalFunction> {
+        let mut env = self.function_env();
+        for (k, v) in extra_env {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/it-logs");
+        std::fs::create_dir_all(&log_dir)?;
+        LocalFunction::start(
+            &format!("{}-ops", self.name),
+            &dualcaster_tools::local::ops_binary()?,
+            env,
+            Duration::from_secs(60),
+            Some(log_dir.join(format!("{}-ops.log", self.name))),
+        )
+        .await
+    }
+
     pub async fn event_source(&self, queue: Queue, batch_size: usize) -> Result<EventSource> {
         EventSource::new(
             self.sqs.clone(),
@@ -378,7 +397,8 @@ async fn remove(
     }
 }
 
-fn replace_database(url: &str, db: &str) -> String {
+/// `url` with its database name replaced by `db` (the query string kept).
+pub fn replace_database(url: &str, db: &str) -> String {
     match url.rsplit_once('/') {
         Some((base, rest)) => {
             let query = rest

@@ -15,6 +15,8 @@ pub struct Invocation {
     pub deadline: Instant,
     /// The same deadline on the wall clock, for lease expiries shared with other processes.
     pub deadline_at: chrono::DateTime<Utc>,
+    /// The invocation's X-Ray trace header (`Root=...;Parent=...;Sampled=...`), with active tracing.
+    pub trace_header: Option<String>,
 }
 
 impl Invocation {
@@ -26,6 +28,7 @@ impl Invocation {
             request_id: ctx.request_id.clone(),
             deadline: Instant::now() + Duration::from_millis(remaining as u64),
             deadline_at: now + chrono::Duration::milliseconds(remaining),
+            trace_header: ctx.xray_trace_id.clone().filter(|t| !t.is_empty()),
         }
     }
 
@@ -35,6 +38,7 @@ impl Invocation {
             deadline: Instant::now() + timeout,
             deadline_at: Utc::now()
                 + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX),
+            trace_header: None,
         }
     }
 }

@@ -42,10 +42,27 @@ use outcome::{plan, Outcome, Plan};
 /// Time kept back at the end of an invocation for reporting, after running tasks are stopped.
 const FINAL_RESERVE: Duration = Duration::from_millis(500);
 
+/// The `AWSTraceHeader` system attribute: the X-Ray trace a message belongs to.
+pub const TRACE_HEADER: &str = "AWSTraceHeader";
+
+/// Where an attempt's envelope came from.
+struct Origin {
+    /// The run key when the envelope has no id: the SQS message id, or a fresh id for a direct invoke.
+    fallback_key: String,
+    /// 1 for the first delivery.
+    attempt: u32,
+    /// The producer's own message attributes.
+    attributes: Arc<MessageAttributes>,
+    /// The X-Ray trace to continue in follow-ups.
+    trace_header: Option<String>,
+}
+
 #[derive(Debug)]
 struct Attempted {
     task: Option<String>,
     run_key: String,
+    /// The chain the run belongs to: the envelope's `chain_id`, else its own key (it starts a chain).
+    chain_id: String,
     retry: RetryPolicy,
     outcome: Outcome,
 }
@@ -92,6 +109,11 @@ impl Runtime {
 
     pub fn settings(&self) -> &crate::config::Settings {
         &self.services.settings
+    }
+
+    /// The function's Postgres pool.
+    pub fn db(&self) -> &sqlx::PgPool {
+        &self.services.db
     }
 
     /// Entry point for any payload: an SQS event (it has `Records`) or a bare envelope (direct invoke).
@@ -191,9 +213,20 @@ impl Runtime {
                 .map(|(name, value)| (name.clone(), MessageAttribute::from_event(value)))
                 .collect();
             let producers = Arc::new(producer_attributes(&attributes));
-            let attempted = self
-                .attempt(Envelope::parse(body), message_id.clone(), attempt, producers, invocation)
-                .await;
+            // The producer's trace (SQS keeps it as a system attribute), else this invocation's: follow-ups
+            // carry it on, so a chain stays one trace.
+            let trace = record
+                .attributes
+                .get(TRACE_HEADER)
+                .cloned()
+                .or_else(|| invocation.trace_header.clone());
+            let origin = Origin {
+                fallback_key: message_id.clone(),
+                attempt,
+                attributes: producers,
+                trace_header: trace.clone(),
+            };
+            let attempted = self.attempt(Envelope::parse(body), origin, invocation).await;
             let duration = clock.elapsed();
 
             let planned = {
@@ -228,8 +261,16 @@ impl Runtime {
                 }
             };
             let report = self.report(&attempted, attempted.outcome.status(), attempt, duration);
-            self.finish(&report, Some(&message_id), "sqs", disposition, started_at)
-                .await;
+            let record = RunRecord {
+                report: &report,
+                message_id: Some(&message_id),
+                trigger: "sqs",
+                disposition,
+                started_at,
+                finished_at: Utc::now(),
+                trace_header: trace.as_deref(),
+            };
+            self.finish(&record).await;
             disposition.stays_in_queue().then_some(message_id)
         }
         .instrument(span)
@@ -279,15 +320,14 @@ impl Runtime {
     ) -> Result<RunReport, InvokeError> {
         let started_at = Utc::now();
         let clock = Instant::now();
-        let fallback_key = uuid::Uuid::new_v4().to_string();
+        let origin = Origin {
+            fallback_key: uuid::Uuid::new_v4().to_string(),
+            attempt: 1,
+            attributes: Arc::default(),
+            trace_header: invocation.trace_header.clone(),
+        };
         let attempted = self
-            .attempt(
-                Envelope::from_value(payload),
-                fallback_key,
-                1,
-                Arc::default(),
-                invocation,
-            )
+            .attempt(Envelope::from_value(payload), origin, invocation)
             .await;
         // A caller waiting for an answer cannot be handed back to a queue: a deferral is a failure here.
         let status = match attempted.outcome {
@@ -295,8 +335,16 @@ impl Runtime {
             ref outcome => outcome.status(),
         };
         let report = self.report(&attempted, status, 1, clock.elapsed());
-        self.finish(&report, None, "invoke", Disposition::Returned, started_at)
-            .await;
+        self.finish(&RunRecord {
+            report: &report,
+            message_id: None,
+            trigger: "invoke",
+            disposition: Disposition::Returned,
+            started_at,
+            finished_at: Utc::now(),
+            trace_header: invocation.trace_header.as_deref(),
+        })
+        .await;
         match attempted.outcome {
             Outcome::Failed(err) => Err(err.into()),
             Outcome::Deferred(_, reason) => {
@@ -311,18 +359,18 @@ impl Runtime {
     async fn attempt(
         &self,
         parsed: Result<Envelope, TaskError>,
-        fallback_key: String,
-        attempt: u32,
-        attributes: Arc<MessageAttributes>,
+        origin: Origin,
         invocation: &Invocation,
     ) -> Attempted {
-        let (envelope, spec, run_key) = match self.admit(parsed, fallback_key) {
+        let (envelope, spec, run_key) = match self.admit(parsed, origin.fallback_key) {
             Ok(admitted) => admitted,
             Err(rejected) => return *rejected,
         };
+        let chain_id = envelope.chain_id.clone().unwrap_or_else(|| run_key.clone());
         let done = |outcome| Attempted {
             task: Some(envelope.task.clone()),
             run_key: run_key.clone(),
+            chain_id: chain_id.clone(),
             retry: spec.retry,
             outcome,
         };
@@ -343,11 +391,12 @@ impl Runtime {
             self.services.clone(),
             self.queue,
             run_key.clone(),
-            attempt,
+            origin.attempt,
             self.function_name.clone(),
             stop_at(invocation),
         )
-        .with_attributes(attributes);
+        .with_attributes(origin.attributes)
+        .in_chain(&chain_id, origin.trace_header.as_deref());
         let outcome = run_task(&spec, envelope.kwargs.clone(), ctx, &leases).await;
         leases.finish(&outcome).await;
         done(outcome)
@@ -360,24 +409,30 @@ impl Runtime {
         parsed: Result<Envelope, TaskError>,
         fallback_key: String,
     ) -> Result<(Envelope, TaskSpec, String), Box<Attempted>> {
+        let envelope = match parsed {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                return Err(Box::new(Attempted {
+                    task: None,
+                    chain_id: fallback_key.clone(),
+                    run_key: fallback_key,
+                    retry: RetryPolicy::NONE,
+                    outcome: Outcome::Failed(err),
+                }))
+            }
+        };
+        let chain_id = envelope
+            .chain_id
+            .clone()
+            .unwrap_or_else(|| envelope.id.clone().unwrap_or(fallback_key.clone()));
         let rejected = |task: Option<String>, run_key: String, retry, outcome| {
             Box::new(Attempted {
                 task,
                 run_key,
+                chain_id: chain_id.clone(),
                 retry,
                 outcome,
             })
-        };
-        let envelope = match parsed {
-            Ok(envelope) => envelope,
-            Err(err) => {
-                return Err(rejected(
-                    None,
-                    fallback_key,
-                    RetryPolicy::NONE,
-                    Outcome::Failed(err),
-                ))
-            }
         };
         tracing::Span::current().record("task", envelope.task.as_str());
         let run_key = envelope.id.clone().unwrap_or(fallback_key);
@@ -453,6 +508,7 @@ impl Runtime {
         RunReport {
             task: attempted.task.clone(),
             id: attempted.run_key.clone(),
+            chain_id: attempted.chain_id.clone(),
             queue: self.queue,
             status,
             attempt,
@@ -468,14 +524,8 @@ impl Runtime {
 
     /// Logs the run, stores it in `task_runs` and emits its metrics. History is best effort: a database
     /// outage must not change what happens to the message.
-    async fn finish(
-        &self,
-        report: &RunReport,
-        message_id: Option<&str>,
-        trigger: &'static str,
-        disposition: Disposition,
-        started_at: chrono::DateTime<Utc>,
-    ) {
+    async fn finish(&self, record: &RunRecord<'_>) {
+        let (report, disposition) = (record.report, record.disposition);
         info!(
             status = report.status.as_str(),
             disposition = disposition.as_str(),
@@ -487,15 +537,7 @@ impl Runtime {
             reason = report.reason.as_deref(),
             "run finished"
         );
-        let record = RunRecord {
-            report,
-            message_id,
-            trigger,
-            disposition,
-            started_at,
-            finished_at: Utc::now(),
-        };
-        let recorded = self.runs.record(&record).await;
+        let recorded = self.runs.record(record).await;
         if let Err(e) = &recorded {
             warn!(error = %e, "could not record the run in task_runs");
         }

@@ -135,6 +135,7 @@ async fn per_message(batches: usize) -> Result<(f64, f64)> {
             request_id: format!("bench-{round}"),
             deadline: tokio::time::Instant::now() + Duration::from_secs(60),
             deadline_at: chrono::Utc::now() + chrono::Duration::seconds(60),
+            trace_header: None,
         };
         let started = Instant::now();
         let response = runtime

@@ -1,6 +1,7 @@
 //! `dualcaster mcp`: a stdio MCP server for operators' assistants. Its tools are the operator actions of
 //! the `ops` function ([`dualcaster::ops`]), run by the same code in this process: analyze the DLQs,
-//! redrive them (a dry run unless told otherwise), trigger a task, list schedules, list and release leases.
+//! redrive them (a dry run unless told otherwise), trigger a task, follow a chain of runs, list schedules, list
+//! and release leases.
 //! Purging is left to people (`make purge-dlq`).
 
 use std::time::Duration;
@@ -15,7 +16,7 @@ use dualcaster::runtime::Invocation;
 use serde::Serialize;
 
 use crate::mcp_args::{
-    request, DlqStatsArgs, ListLeasesArgs, RedriveArgs, ReleaseLeaseArgs, SchedulesArgs,
+    request, ChainArgs, DlqStatsArgs, ListLeasesArgs, RedriveArgs, ReleaseLeaseArgs, SchedulesArgs,
     TriggerArgs,
 };
 
@@ -77,6 +78,16 @@ impl OpsServer {
         Parameters(args): Parameters<TriggerArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         self.run("trigger", &args).await
+    }
+
+    #[tool(
+        description = "Follow a chain: every run caused by one ingestion, schedule firing or trigger (metrics, signals, recommendations, continuations, retries), in the order they started, with status, disposition and error class. Answers why a recommendation changed."
+    )]
+    async fn follow_chain(
+        &self,
+        Parameters(args): Parameters<ChainArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.run("chain", &args).await
     }
 
     #[tool(

@@ -118,6 +118,17 @@ pub struct TriggerArgs {
     pub id: Option<String>,
 }
 
+/// The runs of one chain in the order they started, with their outcomes.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChainArgs {
+    /// The chain id: the key of the run that started it (a run report's `chain_id`).
+    pub id: String,
+    /// Runs listed at most (default 200, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
 /// The ops request for `action` with these arguments, parsed by the ops function's own parser.
 pub fn request(action: &str, args: &impl Serialize) -> Result<OpsRequest, ErrorData> {
     let mut payload = match serde_json::to_value(args) {
@@ -143,7 +154,7 @@ mod tests {
 
     use super::*;
     use dualcaster::lease::LeaseKind;
-    use dualcaster::ops::{DlqStats, ListLeases, Redrive, ReleaseLease, Schedules, Trigger};
+    use dualcaster::ops::{Chain, DlqStats, ListLeases, Redrive, ReleaseLease, Schedules, Trigger};
     use dualcaster::queue::Queue;
 
     /// The field names (of a struct) or variant names (of an enum) `T`'s `Deserialize` asks for: serde
@@ -224,6 +235,7 @@ mod tests {
         same::<ListLeasesArgs, ListLeases>();
         same::<ReleaseLeaseArgs, ReleaseLease>();
         same::<TriggerArgs, Trigger>();
+        same::<ChainArgs, Chain>();
     }
 
     #[test]

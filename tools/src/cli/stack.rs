@@ -11,7 +11,6 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 
 use dualcaster::config::Settings;
-use dualcaster::db::MIGRATOR;
 use dualcaster::queue::Queue;
 use dualcaster::runtime::Runtime;
 use dualcaster_tools::local::cloudformation;
@@ -34,11 +33,19 @@ pub async fn migrate(database_url: &str) -> Result<()> {
     let pool = sqlx::PgPool::connect(database_url)
         .await
         .context("connecting to DATABASE_URL")?;
-    MIGRATOR.run(&pool).await.context("applying migrations")?;
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(&pool)
-        .await?;
-    eprintln!("migrations applied: {applied}");
+    // The ops function's `migrate` action, run from here: the same checks and the same report.
+    let report = dualcaster::migrations::migrate(&pool, false)
+        .await
+        .context("applying migrations")?;
+    for m in &report.applied {
+        eprintln!("applied {} {}", m.version, m.description);
+    }
+    eprintln!(
+        "migrations: {} applied now, {} already there; schema version {}",
+        report.applied.len(),
+        report.already_applied,
+        report.schema_version.unwrap_or_default()
+    );
     Ok(())
 }
 

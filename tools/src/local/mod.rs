@@ -112,13 +112,22 @@ pub async fn send_message(
 /// Refused, with the command that fixes it, when it is missing or older than a source it is built from (the
 /// files cargo lists for it in `<binary>.d`): a test or a demo on stale binaries would check yesterday's code.
 pub fn function_binary(queue: dualcaster::queue::Queue) -> anyhow::Result<PathBuf> {
+    binary_named(queue.as_str())
+}
+
+/// The ops function's binary, refused like [`function_binary`] when missing or stale.
+pub fn ops_binary() -> anyhow::Result<PathBuf> {
+    binary_named("ops")
+}
+
+fn binary_named(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     // Test executables live one level down, in target/<profile>/deps.
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let binary = dir.join(queue.as_str());
+    let binary = dir.join(name);
     let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
     let build = match profile {
         "debug" => "cargo build --workspace --bins (make build)".to_owned(),
