@@ -89,7 +89,7 @@ release-lease: provision ## Force-release a lease: make release-lease KEY=run:dl
 bench-leases: provision ## Lease acquire/renew/release latency against LocalStack (median, p95)
 	$(CLI) bench-leases --rounds $(or $(ROUNDS),300)
 
-template: build ## Regenerate the schedules block of infra/template.yaml from the registry
+template: build ## Regenerate the generated blocks of infra/template.yaml (schedules; dashboard and alarms) from the registry
 	$(CLI) template sync
 
 template-check: build ## Fail if the template drifted from the registry or breaks a deployment rule

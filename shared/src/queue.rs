@@ -35,6 +35,15 @@ impl Queue {
         }
     }
 
+    /// The longest one run of a task on this queue can last: its function's timeout (the template's
+    /// `Timeout`, held to this by the template checks). A run lease older than this has outlived its holder.
+    pub fn time_limit(self) -> std::time::Duration {
+        std::time::Duration::from_secs(match self {
+            Queue::Ingestion | Queue::Analytics => 900,
+            Queue::Default => 120,
+        })
+    }
+
     /// Suffix of the environment variables naming this queue's URLs (`DD_QUEUE_URL_<SUFFIX>`).
     pub fn env_suffix(self) -> &'static str {
         match self {

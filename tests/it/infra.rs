@@ -149,7 +149,7 @@ async fn a_scheduled_rule_fires_into_its_queue_and_the_task_runs() {
 /// attributes the template states.
 #[tokio::test]
 async fn the_infrastructure_deploys_through_cloudformation_as_the_template_states() {
-    use aws_sdk_cloudformation::types::{Parameter, StackStatus};
+    use aws_sdk_cloudformation::types::StackStatus;
     use aws_sdk_sqs::types::QueueAttributeName;
     use dualcaster_tools::local::{local_aws, local_dynamodb, local_sqs};
 
@@ -161,50 +161,27 @@ async fn the_infrastructure_deploys_through_cloudformation_as_the_template_state
         "rehearsal-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    cfn.create_stack()
-        .stack_name(&stack)
-        .template_body(&plain)
-        .parameters(
-            Parameter::builder()
-                .parameter_key("DatabaseSecretArn")
-                .parameter_value(
-                    "arn:aws:secretsmanager:us-east-1:000000000000:secret:rehearsal-db",
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        let described = cfn
-            .describe_stacks()
-            .stack_name(&stack)
-            .send()
-            .await
-            .unwrap();
-        let status = described.stacks()[0].stack_status().cloned().unwrap();
-        if !status.as_str().ends_with("_IN_PROGRESS") || tokio::time::Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let events = cfn
-        .describe_stack_events()
+    // As `dualcaster provision` does it: the template staged in S3 (it is over CloudFormation's 51,200-byte
+    // inline limit, as `sam deploy --resolve-s3` knows), created, and the dashboard put where LocalStack's
+    // CloudFormation only records it.
+    dualcaster_tools::local::cloudformation::deploy(
+        &aws,
+        &repo().join("infra/template.yaml"),
+        &stack,
+    )
+    .await
+    .unwrap();
+    let status = cfn
+        .describe_stacks()
         .stack_name(&stack)
         .send()
         .await
+        .unwrap()
+        .stacks()[0]
+        .stack_status()
+        .cloned()
         .unwrap();
-    assert_eq!(
-        status,
-        StackStatus::CreateComplete,
-        "{:#?}",
-        events
-            .stack_events()
-            .iter()
-            .filter_map(|e| e.resource_status_reason())
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(status, StackStatus::CreateComplete);
 
     // Every resource of the plain template was created.
     let doc: serde_norway::Value = serde_norway::from_str(&plain).unwrap();
@@ -353,6 +330,37 @@ async fn the_infrastructure_deploys_through_cloudformation_as_the_template_state
     );
     declared.sort();
     assert_eq!(deployed, declared);
+
+    // The dashboard, with the stack's own queue names in it and nothing left unsubstituted.
+    use dualcaster_tools::local::emulator;
+    let endpoint = aws.endpoint_url().unwrap();
+    let body = emulator::get_dashboard(endpoint, &format!("{stack}-tasks"))
+        .await
+        .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        dashboard["widgets"].as_array().unwrap().len() > 10,
+        "{body}"
+    );
+    assert!(body.contains(&format!("\"{stack}-ingestion\"")), "{body}");
+    assert!(!body.contains("${"), "{body}");
+
+    // Every alarm of the template, named `<stack>-<LogicalId>`.
+    let mut alarms: Vec<String> = emulator::alarm_names(endpoint, &format!("{stack}-"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|name| name[stack.len() + 1..].to_owned())
+        .collect();
+    alarms.sort();
+    let mut expected: Vec<String> = template
+        .alarms
+        .iter()
+        .map(|a| a.logical_id.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(alarms, expected);
+    assert!(expected.len() >= 25, "{expected:?}");
 
     cfn.delete_stack().stack_name(&stack).send().await.unwrap();
 }

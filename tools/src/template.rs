@@ -99,6 +99,8 @@ impl RuleDefinition {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionDefinition {
     pub logical_id: String,
+    /// `FunctionName` as written (`${AWS::StackName}-ingestion`), when the template names the function.
+    pub name_template: Option<String>,
     /// `Metadata.BuildProperties.Binary`: the cargo binary it is built from.
     pub binary: Option<String>,
     /// Its own `Timeout`, else the globals' (Lambda's 3 s when neither says).
@@ -145,13 +147,20 @@ pub struct Statement {
     pub resources: Vec<String>,
 }
 
-/// An `AWS::CloudWatch::Alarm`: its metric and the queues its dimensions name.
+/// An `AWS::CloudWatch::Alarm`: its metric, the queues its dimensions name, and whom it notifies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlarmDefinition {
     pub logical_id: String,
+    pub namespace: Option<String>,
     pub metric: Option<String>,
     /// `QueueName` dimensions given as `!GetAtt <Queue>.QueueName`.
     pub queues: Vec<String>,
+    /// Every dimension: a literal or `!Sub` value as written (`${AWS::StackName}-ingestion`), a `!GetAtt`
+    /// as its target.
+    pub dimensions: BTreeMap<String, String>,
+    /// Whether `AlarmActions` notifies the `AlarmTopicArn` parameter.
+    pub notifies_alarm_topic: bool,
+    pub treat_missing_data: Option<String>,
 }
 
 /// A security-scan finding skipped on a resource (`Metadata.checkov.skip`).
@@ -448,6 +457,7 @@ fn parse_function(id: &str, resource: &Value, global_timeout: u64) -> FunctionDe
         .collect();
     FunctionDefinition {
         logical_id: id.to_owned(),
+        name_template: name_template(props, "FunctionName").ok(),
         binary: resource
             .get("Metadata")
             .and_then(|m| m.get("BuildProperties"))
@@ -462,8 +472,30 @@ fn parse_function(id: &str, resource: &Value, global_timeout: u64) -> FunctionDe
 }
 
 fn parse_alarm(id: &str, props: &Value) -> AlarmDefinition {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
     AlarmDefinition {
         logical_id: id.to_owned(),
+        namespace: text(props.get("Namespace")),
+        dimensions: list(props.get("Dimensions"))
+            .iter()
+            .filter_map(|d| {
+                let name = d.get("Name")?.as_str()?.to_owned();
+                let value = d.get("Value")?;
+                let value = get_att_target(value)
+                    .or_else(|| {
+                        tagged(value, "Sub")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+                    .or_else(|| value.as_str().map(str::to_owned))?;
+                Some((name, value))
+            })
+            .collect(),
+        notifies_alarm_topic: serde_norway::to_string(
+            props.get("AlarmActions").unwrap_or(&Value::Null),
+        )
+        .is_ok_and(|actions| actions.contains("AlarmTopicArn")),
+        treat_missing_data: text(props.get("TreatMissingData")),
         metric: props
             .get("MetricName")
             .and_then(Value::as_str)

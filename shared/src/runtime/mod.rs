@@ -559,6 +559,8 @@ impl Runtime {
                 retries: u64::from(disposition == Disposition::RetryScheduled),
                 dead_lettered: u64::from(disposition == Disposition::DeadLettered),
                 skipped: u64::from(report.status == Status::Skipped),
+                deferred: u64::from(disposition == Disposition::Deferred),
+                error_class: report.error_class.clone(),
             },
         );
     }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::TaskContext;
 use crate::error::{class, TaskError};
+use crate::lease::{Lease, LeaseKind};
 use crate::queue::Queue;
 use crate::registry::{Idempotency, Schedule, Task};
 use crate::report::{Counts, TaskReport};
@@ -59,6 +60,11 @@ pub struct PingReport {
     /// read of them after retries, the DLQ and a redrive. Binary values are shown by their length.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// Single-instance leases held longer than their task can run (its queue's time limit): a holder that
+    /// died without releasing and keeps being renewed, or a clock gone wrong. Counted in the
+    /// `leases_held_past_limit` metric, which has an alarm. None when the lease table could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leases_held_past_limit: Option<Vec<String>>,
 }
 
 impl TaskReport for PingReport {
@@ -122,7 +128,13 @@ impl Task for Ping {
         .await?
         .rows_affected();
 
+        let overdue = leases_held_past_limit(&ctx, Utc::now()).await;
+        if let (Some(keys), true) = (&overdue, ctx.settings().emit_metrics) {
+            crate::metrics::emit_count(crate::metrics::LEASES_HELD_PAST_LIMIT, keys.len() as u64);
+        }
+
         Ok(PingReport {
+            leases_held_past_limit: overdue,
             queue: ctx.queue,
             function: ctx.function_name.to_string(),
             db_time,
@@ -144,6 +156,45 @@ impl Task for Ping {
     }
 }
 
+/// Slack for clocks that disagree between the holder and this check.
+const CLOCK_SLACK: chrono::Duration = chrono::Duration::seconds(60);
+
+/// The keys of live run leases acquired longer ago than their task's queue lets a run last. A lease store
+/// that cannot be read is logged and leaves the heartbeat alone (None): the heartbeat proves the queue,
+/// function and database, and a lease problem has its own alarm.
+async fn leases_held_past_limit(ctx: &TaskContext, now: DateTime<Utc>) -> Option<Vec<String>> {
+    let leases = match ctx.leases().list(LeaseKind::Run, now).await {
+        Ok(leases) => leases,
+        Err(e) => {
+            tracing::warn!(error = %e, "heartbeat: could not list run leases");
+            return None;
+        }
+    };
+    let registry = crate::tasks::registry();
+    Some(overdue(&leases, now, |task| {
+        registry.get(task).map(|spec| spec.queue.time_limit())
+    }))
+}
+
+/// The leases among `leases` older than their task's limit; a task this build does not know gets the
+/// longest limit of any queue.
+fn overdue(
+    leases: &[Lease],
+    now: DateTime<Utc>,
+    limit_of: impl Fn(&str) -> Option<Duration>,
+) -> Vec<String> {
+    let longest = Queue::ALL.iter().map(|q| q.time_limit()).max().unwrap_or_default();
+    leases
+        .iter()
+        .filter(|l| {
+            let limit = limit_of(&l.task).unwrap_or(longest);
+            let limit = chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+            now - l.acquired_at > limit + CLOCK_SLACK
+        })
+        .map(|l| l.key.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +214,38 @@ mod tests {
         assert!(check(json!({"note": "x".repeat(201)})).is_err());
         assert!(check(json!({"drill": "explode"})).is_err());
         assert!(check(json!({"note": null})).is_ok());
+    }
+
+    #[test]
+    fn a_lease_is_overdue_once_older_than_its_tasks_queue_allows_plus_a_minute() {
+        let now = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let lease = |key: &str, task: &str, age_secs: i64| {
+            let acquired = now - chrono::Duration::seconds(age_secs);
+            Lease::new(key, LeaseKind::Run, "owner", task, acquired, now + chrono::Duration::seconds(30))
+        };
+        // Limits by hand: default-queue tasks 120 s, analytics 900 s, unknown tasks the longest (900 s);
+        // each with 60 s of slack.
+        let leases = [
+            lease("run:dlq_report", "dlq_report", 180),
+            lease("run:dlq_redrive", "dlq_redrive", 181),
+            lease("run:compute_price_metrics", "compute_price_metrics", 960),
+            lease("run:detect_price_signals", "detect_price_signals", 961),
+            lease("run:from_a_newer_build", "from_a_newer_build", 961),
+            lease("run:another", "another", 900),
+        ];
+        let registry = crate::tasks::registry();
+        let found = overdue(&leases, now, |task| {
+            registry.get(task).map(|spec| spec.queue.time_limit())
+        });
+        assert_eq!(
+            found,
+            [
+                "run:dlq_redrive",
+                "run:detect_price_signals",
+                "run:from_a_newer_build"
+            ]
+        );
     }
 }

@@ -193,7 +193,7 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum TemplateAction {
-    /// Rewrite the generated schedules block from the registry.
+    /// Rewrite the generated blocks (schedules; dashboard and alarms) from the registry.
     Sync,
     /// Fail if the generated block drifted or an invariant is broken.
     Check,

@@ -23,7 +23,10 @@ pub fn template_command(action: TemplateAction, path: &Path) -> Result<()> {
                 eprintln!("{} is up to date", path.display());
             } else {
                 std::fs::write(path, synced)?;
-                eprintln!("rewrote the schedules of {}", path.display());
+                eprintln!(
+                    "rewrote the generated blocks (schedules; dashboard and alarms) of {}",
+                    path.display()
+                );
             }
             Ok(())
         }

@@ -1,8 +1,9 @@
 //! The SAM template and the registry, kept in agreement.
 //!
-//! The schedule rules (and the queue policies that let EventBridge send to the queues) are generated from the
-//! registry into a marked block of `infra/template.yaml` (`dualcaster template sync`, `make template`); a test
-//! fails when the block differs from what the registry generates. [`check_invariants`] (`rules.rs`, one function
+//! Two marked blocks of `infra/template.yaml` are generated from the registry (`dualcaster template sync`,
+//! `make template`): the schedule rules with the queue policies that let EventBridge send to the queues, and
+//! the dashboard with the alarms (`observability.rs`). A test fails when a block differs from what the
+//! registry generates. [`check_invariants`] (`rules.rs`, one function
 //! per rule) checks the rest of the template for what every deployment must have.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,15 +11,43 @@ use std::fmt::Write as _;
 
 use serde_norway::Value;
 
+mod alarm_rules;
+pub mod observability;
 mod rules;
 pub use rules::check_invariants;
 
 use dualcaster::queue::Queue;
 use dualcaster::registry::Registry;
 
-pub const BEGIN_MARKER: &str =
-    "  # BEGIN GENERATED: schedules (from the task registry; `make template` rewrites this block)";
-pub const END_MARKER: &str = "  # END GENERATED: schedules";
+/// A generated block of the template: its name in the markers and what generates it.
+struct Block {
+    name: &'static str,
+    generate: fn(&Registry) -> String,
+}
+
+const BLOCKS: &[Block] = &[
+    Block {
+        name: "schedules",
+        generate: schedules_block,
+    },
+    Block {
+        name: "dashboard and alarms",
+        generate: observability::observability_block,
+    },
+];
+
+impl Block {
+    fn begin(&self) -> String {
+        format!(
+            "  # BEGIN GENERATED: {} (from the task registry; `make template` rewrites this block)",
+            self.name
+        )
+    }
+
+    fn end(&self) -> String {
+        format!("  # END GENERATED: {}", self.name)
+    }
+}
 
 /// The template's logical id of a queue.
 pub fn queue_logical_id(queue: Queue) -> String {
@@ -30,7 +59,7 @@ pub fn dlq_logical_id(queue: Queue) -> String {
     format!("{}DeadLetterQueue", camel(queue.as_str()))
 }
 
-fn camel(s: &str) -> String {
+pub(crate) fn camel(s: &str) -> String {
     s.split(['_', '-'])
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -48,7 +77,7 @@ pub fn rule_logical_id(task: &str, schedule: &str) -> String {
 }
 
 /// YAML single-quoted scalar.
-fn quoted(s: &str) -> String {
+pub(crate) fn quoted(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -138,46 +167,59 @@ pub fn schedules_block(registry: &Registry) -> String {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DriftError {
     #[error("the template has no `{0}` line")]
-    MissingMarker(&'static str),
-    #[error("the schedules in infra/template.yaml differ from the registry: run `make template` (first difference at generated line {line}: template has {found:?}, registry gives {expected:?})")]
+    MissingMarker(String),
+    #[error("the {block} block of infra/template.yaml differs from the registry: run `make template` (first difference at generated line {line}: template has {found:?}, registry gives {expected:?})")]
     Drift {
+        block: &'static str,
         line: usize,
         found: String,
         expected: String,
     },
 }
 
-fn block_bounds(template: &str) -> Result<(usize, usize), DriftError> {
+fn block_bounds(template: &str, block: &Block) -> Result<(usize, usize), DriftError> {
+    let (begin_marker, end_marker) = (block.begin(), block.end());
     let begin = template
-        .find(BEGIN_MARKER)
-        .ok_or(DriftError::MissingMarker("BEGIN GENERATED"))?;
+        .find(&begin_marker)
+        .ok_or_else(|| DriftError::MissingMarker(begin_marker.trim().to_owned()))?;
     let body = template[begin..]
         .find('\n')
         .map(|i| begin + i + 1)
         .unwrap_or(template.len());
     let end = template[body..]
-        .find(END_MARKER)
+        .find(&end_marker)
         .map(|i| body + i)
-        .ok_or(DriftError::MissingMarker("END GENERATED"))?;
+        .ok_or_else(|| DriftError::MissingMarker(end_marker.trim().to_owned()))?;
     Ok((body, end))
 }
 
-/// The template with its generated block rewritten from the registry.
+/// The template with its generated blocks rewritten from the registry.
 pub fn sync(template: &str, registry: &Registry) -> Result<String, DriftError> {
-    let (body, end) = block_bounds(template)?;
-    Ok(format!(
-        "{}{}{}",
-        &template[..body],
-        schedules_block(registry),
-        &template[end..]
-    ))
+    let mut text = template.to_owned();
+    for block in BLOCKS {
+        let (body, end) = block_bounds(&text, block)?;
+        text = format!(
+            "{}{}{}",
+            &text[..body],
+            (block.generate)(registry),
+            &text[end..]
+        );
+    }
+    Ok(text)
 }
 
-/// Fails when the generated block is not exactly what the registry generates.
+/// Fails when a generated block is not exactly what the registry generates.
 pub fn check_drift(template: &str, registry: &Registry) -> Result<(), DriftError> {
-    let (body, end) = block_bounds(template)?;
+    for block in BLOCKS {
+        check_block(template, registry, block)?;
+    }
+    Ok(())
+}
+
+fn check_block(template: &str, registry: &Registry, block: &Block) -> Result<(), DriftError> {
+    let (body, end) = block_bounds(template, block)?;
     let found = &template[body..end];
-    let expected = schedules_block(registry);
+    let expected = (block.generate)(registry);
     if found == expected {
         return Ok(());
     }
@@ -188,6 +230,7 @@ pub fn check_drift(template: &str, registry: &Registry) -> Result<(), DriftError
             (Some(a), Some(b)) if a == b => continue,
             (a, b) => {
                 return Err(DriftError::Drift {
+                    block: block.name,
                     line,
                     found: a.unwrap_or("(end of block)").to_owned(),
                     expected: b.unwrap_or("(end of block)").to_owned(),
@@ -406,6 +449,57 @@ mod tests {
     }
 
     #[test]
+    fn alarms_missing_for_a_queue_a_schedule_a_function_or_the_heartbeat_are_caught() {
+        assert_reports(
+            broken(
+                "MetricName: ApproximateAgeOfOldestMessage",
+                "MetricName: NumberOfMessagesSent",
+            ),
+            "IngestionQueue: work queue has no alarm on ApproximateAgeOfOldestMessage",
+        );
+        assert_reports(
+            broken(
+                "Value: !Sub \"${AWS::StackName}-ping-heartbeat\"",
+                "Value: !Sub \"${AWS::StackName}-ping\"",
+            ),
+            "SchedulePingHeartbeat: schedule has no alarm on AWS/Events FailedInvocations",
+        );
+        assert_reports(
+            broken("      FunctionName: !Sub \"${AWS::StackName}-ops\"\n", ""),
+            "OpsFunction: function needs a FunctionName",
+        );
+        assert_reports(
+            broken(
+                "Value: !Sub \"${AWS::StackName}-analytics\"\n      Statistic: Sum\n      Period: 300\n      EvaluationPeriods: 1\n      Threshold: 0\n      ComparisonOperator: GreaterThanThreshold\n      TreatMissingData: notBreaching\n      AlarmActions: !If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref \"AWS::NoValue\"]\n\n  AnalyticsFunctionThrottlesAlarm",
+                "Value: other\n      Statistic: Sum\n      Period: 300\n      EvaluationPeriods: 1\n      Threshold: 0\n      ComparisonOperator: GreaterThanThreshold\n      TreatMissingData: notBreaching\n      AlarmActions: !If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref \"AWS::NoValue\"]\n\n  AnalyticsFunctionThrottlesAlarm",
+            ),
+            "AnalyticsFunction: function has no alarm on AWS/Lambda Errors",
+        );
+        assert_reports(
+            broken(
+                "TreatMissingData: breaching",
+                "TreatMissingData: notBreaching",
+            ),
+            "the heartbeat (ping) has no alarm that treats missing data as breaching",
+        );
+    }
+
+    #[test]
+    fn an_alarm_nobody_hears_and_a_timeout_off_its_queues_limit_are_caught() {
+        assert_reports(
+            broken(
+                "AlarmActions: !If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref \"AWS::NoValue\"]",
+                "AlarmActions: []",
+            ),
+            "IngestionDeadLetterAlarm: alarm does not notify AlarmTopicArn",
+        );
+        assert_reports(
+            broken("Timeout: 120", "Timeout: 100"),
+            "DefaultFunction: Timeout 100 differs from the default queue's time limit 120 s",
+        );
+    }
+
+    #[test]
     fn a_missing_partial_batch_response_is_caught() {
         assert_reports(
             broken(
@@ -466,14 +560,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // A rule removed by hand is drift too; syncing restores the block exactly.
-        let (body, end) = block_bounds(&t).unwrap();
-        let emptied = format!("{}{}", &t[..body], &t[end..]);
-        assert!(check_drift(&emptied, &dualcaster::tasks::registry()).is_err());
-        assert_eq!(sync(&emptied, &dualcaster::tasks::registry()).unwrap(), t);
+        // A block emptied by hand is drift too; syncing restores it exactly.
+        for block in BLOCKS {
+            let (body, end) = block_bounds(&t, block).unwrap();
+            let emptied = format!("{}{}", &t[..body], &t[end..]);
+            match check_drift(&emptied, &dualcaster::tasks::registry()) {
+                Err(DriftError::Drift { block: named, .. }) => assert_eq!(named, block.name),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(sync(&emptied, &dualcaster::tasks::registry()).unwrap(), t);
+        }
         assert_eq!(
             check_drift("Resources: {}", &dualcaster::tasks::registry()),
-            Err(DriftError::MissingMarker("BEGIN GENERATED"))
+            Err(DriftError::MissingMarker(
+                "# BEGIN GENERATED: schedules (from the task registry; `make template` rewrites this block)"
+                    .into()
+            ))
         );
     }
 

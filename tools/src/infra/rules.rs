@@ -1,11 +1,11 @@
 //! The deployment rules every template must keep, one function each over the typed template: a DLQ with an
 //! alarm behind every queue, visibility timeouts that outlast the function, partial batch responses and
 //! bounded concurrency on every event source, IAM statements that name their resources, encryption
-//! everywhere, and security-scan skips that say why.
+//! everywhere, and security-scan skips that say why. The alarm rules are in `alarm_rules.rs`.
 
 use std::collections::BTreeSet;
 
-use super::{dlq_logical_id, queue_logical_id};
+use super::{alarm_rules, dlq_logical_id, queue_logical_id};
 use crate::template::{SqsEventSource, Template};
 use dualcaster::queue::Queue;
 
@@ -22,6 +22,12 @@ const RULES: &[Rule] = &[
     every_queue_has_its_function_and_dead_letter_queue,
     iam_names_its_resources,
     security_skips_give_their_reason,
+    alarm_rules::work_queues_have_a_backlog_alarm,
+    alarm_rules::schedules_have_a_delivery_alarm,
+    alarm_rules::functions_have_error_and_throttle_alarms,
+    alarm_rules::the_heartbeat_has_a_missing_data_alarm,
+    alarm_rules::alarms_notify_the_alarm_topic,
+    alarm_rules::functions_time_out_at_their_queues_limit,
 ];
 
 /// Every violation of the deployment rules, as readable sentences (empty when the template is sound).

@@ -1,8 +1,8 @@
 //! The local stack as CloudFormation creates it: the template without its functions
 //! ([`crate::infra::without_functions`]) deployed to LocalStack under a stack name, as the deploy rehearsal
 //! does, and the functions' environment read back from the stack's resources. Queues, DLQs, their policies,
-//! the lease table, the alarms and the schedule rules are what a deployment would create, with nothing
-//! written by hand.
+//! the lease table, the alarms, the dashboard and the schedule rules are what a deployment would create, with
+//! nothing written by hand (`emulator.rs` stages the template in S3 and creates the dashboard, as AWS would).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aws_sdk_cloudformation::error::DisplayErrorContext;
 use aws_sdk_cloudformation::types::{Parameter, StackStatus};
 
+use super::emulator;
 use super::template::Provisioned;
 use crate::infra::without_functions;
 use crate::template::Template;
@@ -31,18 +32,23 @@ pub async fn deploy(
         .with_context(|| format!("reading {}", template_path.display()))?;
     let model = Template::parse(&text)?;
     let (plain, _) = without_functions(&text)?;
+    let endpoint = aws
+        .endpoint_url()
+        .ok_or_else(|| anyhow!("the local AWS configuration has no endpoint"))?;
+    let region = aws.region().map_or("us-east-1", |r| r.as_ref());
+    let url = emulator::stage_template(endpoint, stack, &plain).await?;
     let cfn = aws_sdk_cloudformation::Client::new(aws);
     let parameter = Parameter::builder()
         .parameter_key("DatabaseSecretArn")
         .parameter_value(LOCAL_SECRET_ARN)
         .build();
     match status(&cfn, stack).await? {
-        None => create(&cfn, stack, &plain, parameter).await?,
+        None => create(&cfn, stack, &url, parameter).await?,
         Some(s) if s.as_str().ends_with("_COMPLETE") && !s.as_str().contains("ROLLBACK") => {
             let updated = cfn
                 .update_stack()
                 .stack_name(stack)
-                .template_body(&plain)
+                .template_url(&url)
                 .parameters(parameter)
                 .send()
                 .await;
@@ -61,7 +67,7 @@ pub async fn deploy(
                 .await
                 .map_err(|e| anyhow!("DeleteStack {stack}: {}", DisplayErrorContext(&e)))?;
             wait(&cfn, stack).await?;
-            create(&cfn, stack, &plain, parameter).await?;
+            create(&cfn, stack, &url, parameter).await?;
         }
     }
     match wait(&cfn, stack).await? {
@@ -73,18 +79,19 @@ pub async fn deploy(
             failure_reasons(&cfn, stack).await
         ),
     }
+    emulator::put_dashboards(endpoint, &plain, stack, region).await?;
     provisioned(&cfn, &model, stack).await
 }
 
 async fn create(
     cfn: &aws_sdk_cloudformation::Client,
     stack: &str,
-    body: &str,
+    template_url: &str,
     parameter: Parameter,
 ) -> Result<()> {
     cfn.create_stack()
         .stack_name(stack)
-        .template_body(body)
+        .template_url(template_url)
         .parameters(parameter)
         .send()
         .await

@@ -4,6 +4,7 @@
 //! source mapping (to feed them batches as AWS does).
 
 pub mod cloudformation;
+pub mod emulator;
 pub mod event_source;
 pub mod function;
 pub mod runtime_api;
