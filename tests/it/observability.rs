@@ -252,3 +252,226 @@ async fn a_chain_is_followed_by_its_id_from_an_ingestion_to_its_recommendations(
     drop(ops);
     stack.cleanup().await;
 }
+
+/// A metric as the dashboard or an alarm names it: namespace, name and dimension names (sorted).
+type MetricKey = (String, String, Vec<String>);
+
+/// Every (namespace, metric, dimension names) the EMF lines in `log` declare, with the dimension values
+/// each line carried.
+fn emitted(log: &str) -> Vec<(MetricKey, Value)> {
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let Ok(doc) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let Some(directives) = doc["_aws"]["CloudWatchMetrics"].as_array() else {
+            continue;
+        };
+        for d in directives {
+            let namespace = d["Namespace"].as_str().unwrap().to_owned();
+            for dims in d["Dimensions"].as_array().unwrap() {
+                let mut names: Vec<String> = dims
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_str().unwrap().to_owned())
+                    .collect();
+                names.sort();
+                for m in d["Metrics"].as_array().unwrap() {
+                    let name = m["Name"].as_str().unwrap().to_owned();
+                    assert!(
+                        doc[&name].is_number(),
+                        "{name} declared without a value: {line}"
+                    );
+                    out.push(((namespace.clone(), name, names.clone()), doc.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The metrics a dashboard widget names, with their dimension values; a `SEARCH` expression gives its
+/// namespace, dimension names and metric name. Checks the widget's shape as CloudWatch's dashboard body
+/// reference states it on the way.
+fn widget_metrics(widget: &Value) -> Vec<(MetricKey, Vec<(String, String)>)> {
+    assert_eq!(widget["type"], "metric", "{widget}");
+    let width = widget["width"].as_u64().unwrap();
+    assert!((1..=24).contains(&width), "{widget}");
+    let p = &widget["properties"];
+    assert!(
+        p["region"].is_string() && p["title"].is_string(),
+        "{widget}"
+    );
+    let mut out = Vec::new();
+    for line in p["metrics"].as_array().unwrap() {
+        let parts = line.as_array().unwrap();
+        if let Some(expression) = parts[0]["expression"].as_str() {
+            if let Some(search) = expression.strip_prefix("SEARCH('{") {
+                let (schema, rest) = search.split_once('}').unwrap();
+                let mut schema = schema.split(',').map(str::to_owned);
+                let namespace = schema.next().unwrap();
+                let mut dims: Vec<String> = schema.collect();
+                dims.sort();
+                let name = rest
+                    .split_once("MetricName=\"")
+                    .and_then(|(_, r)| r.split_once('"'))
+                    .map(|(n, _)| n.to_owned())
+                    .unwrap();
+                out.push(((namespace, name, dims), Vec::new()));
+            }
+            continue;
+        }
+        let options = parts.last().unwrap();
+        assert!(options.is_object(), "{line}");
+        let stat = options["stat"].as_str().unwrap();
+        assert!(
+            ["Sum", "Maximum", "SampleCount", "p50", "p99"].contains(&stat),
+            "{line}"
+        );
+        let strings: Vec<String> = parts[..parts.len() - 1]
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect();
+        assert!(strings.len() >= 2 && strings.len() % 2 == 0, "{line}");
+        let pairs: Vec<(String, String)> = strings[2..]
+            .chunks(2)
+            .map(|kv| (kv[0].clone(), kv[1].clone()))
+            .collect();
+        let mut dims: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
+        dims.sort();
+        out.push(((strings[0].clone(), strings[1].clone(), dims), pairs));
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_task_metric_the_dashboard_and_alarms_name_is_one_the_runtime_emits() {
+    use dualcaster_tools::infra::{observability, without_functions};
+
+    let stack = TestStack::start().await.unwrap();
+    // The default function with its metrics on, its stdout (where EMF goes) in a file of its own.
+    let mut env = stack.function_env();
+    env.remove("DD_METRICS_DISABLED");
+    let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/it-logs/{}-emf.log", stack.name));
+    let _ = std::fs::remove_file(&log);
+    let function = LocalFunction::start(
+        &format!("{}-default", stack.name),
+        &dualcaster_tools::local::function_binary(Queue::Default).unwrap(),
+        env,
+        Duration::from_secs(30),
+        Some(log.clone()),
+    )
+    .await
+    .unwrap();
+    let source = stack.event_source(Queue::Default, 10).await.unwrap();
+    // A heartbeat that succeeds and one that fails for good: every run metric, a failure's class and the
+    // heartbeat's lease count.
+    for body in [
+        r#"{"task": "ping", "id": "emf-ok"}"#,
+        r#"{"task": "ping", "id": "emf-failed", "kwargs": {"drill": "permanent"}}"#,
+    ] {
+        stack.send(Queue::Default, body).await.unwrap();
+    }
+    stack
+        .drain(&source, &function, Duration::from_secs(60))
+        .await
+        .unwrap();
+    drop(function);
+    let emitted = emitted(&std::fs::read_to_string(&log).unwrap());
+    let keys: std::collections::BTreeSet<&MetricKey> = emitted.iter().map(|(k, _)| k).collect();
+    assert!(
+        emitted
+            .iter()
+            .any(|((_, name, _), doc)| name == "failures" && doc["error_class"] == "task_failed"),
+        "{keys:?}"
+    );
+
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml"),
+    )
+    .unwrap();
+    let (plain, _) = without_functions(&text).unwrap();
+    let dashboards =
+        dualcaster_tools::local::emulator::dashboards(&plain, "st", "us-east-1").unwrap();
+    assert_eq!(dashboards.len(), 1);
+    let body: Value = serde_json::from_str(&dashboards[0].1).unwrap();
+    let mut named: Vec<(MetricKey, Vec<(String, String)>)> = body["widgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(widget_metrics)
+        .collect();
+    let registry = dualcaster::tasks::registry();
+    for alarm in observability::alarms(&registry) {
+        let mut dims: Vec<String> = alarm
+            .dimensions
+            .iter()
+            .map(|(k, _)| (*k).to_owned())
+            .collect();
+        dims.sort();
+        let pairs = alarm
+            .dimensions
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        named.push((
+            (alarm.namespace.to_owned(), alarm.metric.clone(), dims),
+            pairs,
+        ));
+    }
+
+    let ours: Vec<&(MetricKey, Vec<(String, String)>)> = named
+        .iter()
+        .filter(|((ns, _, _), _)| ns == dualcaster::metrics::NAMESPACE)
+        .collect();
+    assert!(ours.len() > 50, "{}", ours.len());
+    for ((ns, name, dims), pairs) in ours {
+        assert!(
+            keys.contains(&(ns.clone(), name.clone(), dims.clone())),
+            "the dashboard or an alarm names {name} by {dims:?}, which no EMF line declares; emitted: {keys:?}"
+        );
+        // Its queue and task values are a registered task and the queue it runs on.
+        let value = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if let Some(task) = value("task") {
+            let spec = registry
+                .get(task)
+                .unwrap_or_else(|| panic!("unknown task {task}"));
+            assert_eq!(value("queue"), Some(spec.queue.as_str()), "{task}");
+        }
+    }
+    // The AWS metrics name the stack's own queues, functions and rules.
+    let template = dualcaster_tools::template::Template::parse(&text).unwrap();
+    let queues: Vec<String> = template.queues.iter().map(|q| q.name("st")).collect();
+    let rules: Vec<String> = template.rules.iter().map(|r| r.name("st")).collect();
+    let functions: Vec<String> = template
+        .functions
+        .iter()
+        .map(|f| {
+            f.name_template
+                .as_ref()
+                .unwrap()
+                .replace("${AWS::StackName}", "st")
+        })
+        .collect();
+    for ((ns, name, _), pairs) in named
+        .iter()
+        .filter(|((ns, _, _), _)| ns.starts_with("AWS/"))
+    {
+        for (k, v) in pairs {
+            let v = v.replace("${AWS::StackName}", "st");
+            let known = match k.as_str() {
+                "QueueName" => queues.contains(&v) || v.starts_with("!GetAtt"),
+                "RuleName" => rules.contains(&v),
+                "FunctionName" => functions.contains(&v),
+                _ => false,
+            };
+            assert!(
+                known,
+                "{ns} {name}: {k} = {v} is not a resource of the stack"
+            );
+        }
+    }
+    stack.cleanup().await;
+}
