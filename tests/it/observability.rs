@@ -475,3 +475,38 @@ async fn every_task_metric_the_dashboard_and_alarms_name_is_one_the_runtime_emit
     }
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_heartbeat_reports_a_run_lease_held_longer_than_its_task_can_run() {
+    use chrono::{Duration as Age, Utc};
+    use dualcaster::lease::{Lease, LeaseKind, LeaseStore};
+
+    let stack = TestStack::start().await.unwrap();
+    let store = crate::leases::store(&stack);
+    let now = Utc::now();
+    // dlq_report runs on the default queue: 120 s at most, plus a minute of slack. Still live (expires in
+    // the future), as a holder that keeps renewing would leave it.
+    for (task, age_secs) in [("dlq_report", 300), ("dlq_purge", 30), ("compute_price_metrics", 300)] {
+        let lease = Lease::new(
+            format!("run:{task}"),
+            LeaseKind::Run,
+            "a-gone-container",
+            task,
+            now - Age::seconds(age_secs),
+            now + Age::seconds(600),
+        );
+        store.acquire(&lease, now - Age::seconds(age_secs)).await.unwrap();
+    }
+    let default = stack.function(Queue::Default, &[]).await.unwrap();
+    let report = invoke(&default, json!({"task": "ping", "id": "lease-check"}))
+        .await
+        .unwrap();
+    // By hand: dlq_report 300 s > 180 s; dlq_purge 30 s is fine; compute_price_metrics (analytics, 900 s)
+    // at 300 s is fine.
+    assert_eq!(
+        report["detail"]["leases_held_past_limit"],
+        json!(["run:dlq_report"]),
+        "{report}"
+    );
+    stack.cleanup().await;
+}
