@@ -5,7 +5,7 @@ CLI := ./target/debug/dualcaster
 KWARGS ?= {}
 comma := ,
 
-.PHONY: help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics bench-runtime package dlq-report redrive purge-dlq bench-event-source run mcp ops fuzz bench-load test-faults test-deep
+.PHONY: status chain help setup tools test-slow stack-up stack-down stack-status build migrate demo test test-unit test-integration lint fmt tasks provision leases release-lease bench-leases template template-check schedules bench-ingest bench-analytics bench-runtime package dlq-report redrive purge-dlq bench-event-source run mcp ops fuzz bench-load test-faults test-deep
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -128,6 +128,12 @@ bench-analytics: stack-up ## Metrics + signals, full and incremental, vs one seq
 	$(CARGO) build --profile profiling --workspace --bins
 	./target/profiling/dualcaster provision >/dev/null
 	./target/profiling/dualcaster bench-analytics --printings $(or $(PRINTINGS),100000) --days $(or $(DAYS),365)
+
+status: provision ## Queues, DLQs, runs by task and outcome, failures by class, next fires, held leases: make status [WINDOW=15m] [WATCH=5]
+	$(CLI) status --window $(or $(WINDOW),1h) $(if $(WATCH),--watch $(WATCH))
+
+chain: provision ## The runs of one chain in order, with their outcomes: make chain ID=<chain id from a run report>
+	$(CLI) ops '{"action":"chain","id":"$(ID)"}'
 
 dlq-report: provision ## Dead letters per queue: depth, counts by task and error class, the latest ones
 	$(CLI) ops '{"action":"dlq_stats","peek":$(or $(PEEK),5)}'

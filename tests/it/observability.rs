@@ -486,7 +486,11 @@ async fn the_heartbeat_reports_a_run_lease_held_longer_than_its_task_can_run() {
     let now = Utc::now();
     // dlq_report runs on the default queue: 120 s at most, plus a minute of slack. Still live (expires in
     // the future), as a holder that keeps renewing would leave it.
-    for (task, age_secs) in [("dlq_report", 300), ("dlq_purge", 30), ("compute_price_metrics", 300)] {
+    for (task, age_secs) in [
+        ("dlq_report", 300),
+        ("dlq_purge", 30),
+        ("compute_price_metrics", 300),
+    ] {
         let lease = Lease::new(
             format!("run:{task}"),
             LeaseKind::Run,
@@ -495,7 +499,10 @@ async fn the_heartbeat_reports_a_run_lease_held_longer_than_its_task_can_run() {
             now - Age::seconds(age_secs),
             now + Age::seconds(600),
         );
-        store.acquire(&lease, now - Age::seconds(age_secs)).await.unwrap();
+        store
+            .acquire(&lease, now - Age::seconds(age_secs))
+            .await
+            .unwrap();
     }
     let default = stack.function(Queue::Default, &[]).await.unwrap();
     let report = invoke(&default, json!({"task": "ping", "id": "lease-check"}))
@@ -508,5 +515,108 @@ async fn the_heartbeat_reports_a_run_lease_held_longer_than_its_task_can_run() {
         json!(["run:dlq_report"]),
         "{report}"
     );
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn status_counts_what_the_queues_runs_and_leases_hold() {
+    use chrono::{Duration as Age, Utc};
+    use dualcaster::lease::{Lease, LeaseKind, LeaseStore};
+    use dualcaster_tools::status::{collect, render, Sources};
+
+    let stack = TestStack::start().await.unwrap();
+    let default = stack.function(Queue::Default, &[]).await.unwrap();
+    let source = stack.event_source(Queue::Default, 10).await.unwrap();
+    for body in [
+        r#"{"task": "ping", "id": "status-1"}"#,
+        r#"{"task": "ping", "id": "status-2"}"#,
+        r#"{"task": "ping", "id": "status-3", "kwargs": {"drill": "permanent"}}"#,
+    ] {
+        stack.send(Queue::Default, body).await.unwrap();
+    }
+    stack
+        .drain(&source, &default, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Two messages still waiting on the analytics queue, one delayed.
+    stack
+        .send(Queue::Analytics, r#"{"task": "compute_price_metrics"}"#)
+        .await
+        .unwrap();
+    stack
+        .sqs
+        .send_message()
+        .queue_url(stack.queue_url(Queue::Analytics))
+        .message_body(r#"{"task": "detect_price_signals"}"#)
+        .delay_seconds(60)
+        .send()
+        .await
+        .unwrap();
+    let store = crate::leases::store(&stack);
+    let now = Utc::now();
+    let lease = Lease::new(
+        "run:prune_price_history",
+        LeaseKind::Run,
+        "container-9",
+        "prune_price_history",
+        now - Age::seconds(30),
+        now + Age::seconds(90),
+    );
+    store.acquire(&lease, now - Age::seconds(30)).await.unwrap();
+
+    let registry = dualcaster::tasks::registry();
+    let sources = Sources {
+        sqs: &stack.sqs,
+        urls: Queue::ALL
+            .iter()
+            .map(|q| {
+                (
+                    *q,
+                    stack.queue_url(*q).to_owned(),
+                    stack.dlq_url(*q).to_owned(),
+                )
+            })
+            .collect(),
+        db: &stack.pool,
+        leases: &store,
+        registry: &registry,
+    };
+    let status = collect(&sources, Duration::from_secs(3600), Utc::now())
+        .await
+        .unwrap();
+
+    let depth = |q: Queue| {
+        let s = status.queues.iter().find(|s| s.queue == q).unwrap();
+        (s.visible, s.in_flight, s.delayed, s.dead_letters)
+    };
+    assert_eq!(depth(Queue::Default), (0, 0, 0, 1));
+    assert_eq!(depth(Queue::Analytics), (1, 0, 1, 0));
+    assert_eq!(depth(Queue::Ingestion), (0, 0, 0, 0));
+    assert_eq!(status.runs.len(), 1, "{:?}", status.runs);
+    let ping = &status.runs[0];
+    assert_eq!(
+        (ping.task.as_str(), ping.succeeded, ping.failed, ping.dead_lettered, ping.retried),
+        ("ping", 2, 1, 1, 0)
+    );
+    assert!(ping.p50_ms.unwrap() <= ping.p99_ms.unwrap());
+    let failures: Vec<(&str, &str, i64)> = status
+        .failures
+        .iter()
+        .map(|f| (f.task.as_str(), f.error_class.as_str(), f.count))
+        .collect();
+    assert_eq!(failures, [("ping", "task_failed", 1)]);
+    // Every schedule, each firing within the day (none is rarer than daily), soonest first.
+    assert_eq!(status.schedules.len(), registry.schedules().count());
+    let nexts: Vec<_> = status.schedules.iter().map(|s| s.next.unwrap()).collect();
+    assert!(nexts.windows(2).all(|w| w[0] <= w[1]), "{nexts:?}");
+    assert!(nexts
+        .iter()
+        .all(|t| *t > status.at && *t <= status.at + Age::days(1)));
+    assert_eq!(status.leases.len(), 1);
+    assert_eq!(status.leases[0].owner, "container-9");
+    assert!((29..=40).contains(&status.leases[0].held_secs), "{:?}", status.leases);
+    let text = render(&status);
+    assert!(text.contains("task_failed"), "{text}");
+    assert!(text.contains("run:prune_price_history"), "{text}");
     stack.cleanup().await;
 }

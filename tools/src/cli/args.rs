@@ -60,7 +60,7 @@ pub enum Command {
     /// Run an operator action (the `ops` function's payload) and print its report: in this process, or
     /// with --endpoint through the Lambda Invoke API of the `ops` function. E.g.
     /// `dualcaster ops '{"action":"dlq_stats","peek":3}'`; actions: dlq_stats, redrive, purge, schedules,
-    /// leases, release_lease, trigger.
+    /// leases, release_lease, trigger, chain, migrate.
     Ops {
         request: String,
         /// A Lambda Invoke API endpoint, e.g. http://127.0.0.1:9000.
@@ -69,6 +69,16 @@ pub enum Command {
     },
     /// Serve the operator actions as MCP tools on stdin/stdout (for operators' assistants).
     Mcp,
+    /// The dashboard's numbers in one place: queue and DLQ depths, runs by task and outcome with duration
+    /// p50/p99, failures by error class, schedules with their next fire, held leases.
+    Status {
+        /// Runs and failures over this window: 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        window: String,
+        /// Refresh every this many seconds until Ctrl-C.
+        #[arg(long)]
+        watch: Option<u64>,
+    },
     /// The whole system on this machine until Ctrl-C: provision the queues and schedules, run the
     /// functions under `cargo lambda watch` and feed each from its queue as the event source mapping does.
     Run {

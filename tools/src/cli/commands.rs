@@ -128,3 +128,53 @@ pub async fn ops(request: &str, endpoint: Option<String>) -> Result<()> {
         Err(e) => bail!("{e}"),
     }
 }
+
+/// `dualcaster status`: the stack's queues, runs, failures, schedules and leases; again every `watch`
+/// seconds until Ctrl-C when asked.
+pub async fn status(window: &str, watch: Option<u64>) -> Result<()> {
+    use dualcaster::lease::dynamo::DynamoLeaseStore;
+    use dualcaster::queue::Queue;
+    use dualcaster_tools::status::{collect, parse_window, render, Sources};
+
+    let window = parse_window(window)?;
+    let settings = Settings::from_env()?;
+    let db = sqlx::PgPool::connect(&crate::stack::database_url()?)
+        .await
+        .context("connecting to DATABASE_URL")?;
+    let sqs = local_sqs().await;
+    let leases = DynamoLeaseStore::new(
+        dualcaster_tools::local::local_dynamodb().await,
+        settings.lease_table.clone(),
+    );
+    let registry = dualcaster::tasks::registry();
+    let sources = Sources {
+        sqs: &sqs,
+        urls: Queue::ALL
+            .iter()
+            .map(|q| {
+                let urls = settings.urls(*q);
+                (*q, urls.queue.clone(), urls.dlq.clone())
+            })
+            .collect(),
+        db: &db,
+        leases: &leases,
+        registry: &registry,
+    };
+    loop {
+        let text = render(&collect(&sources, window, Utc::now()).await?);
+        match watch {
+            None => {
+                print!("{text}");
+                return Ok(());
+            }
+            Some(secs) => {
+                // Clear the screen and start at the top, like `watch(1)`.
+                print!("\x1b[2J\x1b[H{text}\n(refreshing every {secs} s; Ctrl-C to stop)\n");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(secs.max(1))) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! dualcaster enqueue TASK --kwargs '{...}'    validate and send an envelope to the task's queue
 //! dualcaster invoke TASK --kwargs '{...}'     run a task here, synchronously, and print its report
 //! dualcaster tasks                            list registered tasks with their queue and retry policy
+//! dualcaster status [--watch 5]               queues, runs, failures, schedules and leases in one place
 //! dualcaster demo                             the whole system on this machine, end to end
 //! ```
 //!
@@ -35,7 +36,7 @@ use dualcaster_tools::local::load_env_file;
 
 use args::{Cli, Command};
 use bench_leases::bench_leases;
-use commands::{enqueue, invoke, list_tasks, ops, provision_command};
+use commands::{enqueue, invoke, list_tasks, ops, provision_command, status};
 use stack::{database_url, local_ops, migrate, run, runner};
 use template::{list_schedules, template_command};
 
@@ -78,6 +79,7 @@ async fn execute(cli: Cli) -> Result<()> {
         } => invoke(task, &kwargs, id, endpoint).await,
         Command::Ops { request, endpoint } => ops(&request, endpoint).await,
         Command::Mcp => mcp::serve(local_ops().await?).await,
+        Command::Status { window, watch } => status(&window, watch).await,
         Command::BenchLeases { rounds } => bench_leases(rounds).await,
         Command::BenchLoad {
             template,
