@@ -595,7 +595,13 @@ async fn status_counts_what_the_queues_runs_and_leases_hold() {
     assert_eq!(status.runs.len(), 1, "{:?}", status.runs);
     let ping = &status.runs[0];
     assert_eq!(
-        (ping.task.as_str(), ping.succeeded, ping.failed, ping.dead_lettered, ping.retried),
+        (
+            ping.task.as_str(),
+            ping.succeeded,
+            ping.failed,
+            ping.dead_lettered,
+            ping.retried
+        ),
         ("ping", 2, 1, 1, 0)
     );
     assert!(ping.p50_ms.unwrap() <= ping.p99_ms.unwrap());
@@ -614,7 +620,11 @@ async fn status_counts_what_the_queues_runs_and_leases_hold() {
         .all(|t| *t > status.at && *t <= status.at + Age::days(1)));
     assert_eq!(status.leases.len(), 1);
     assert_eq!(status.leases[0].owner, "container-9");
-    assert!((29..=40).contains(&status.leases[0].held_secs), "{:?}", status.leases);
+    assert!(
+        (29..=40).contains(&status.leases[0].held_secs),
+        "{:?}",
+        status.leases
+    );
     let text = render(&status);
     assert!(text.contains("task_failed"), "{text}");
     assert!(text.contains("run:prune_price_history"), "{text}");

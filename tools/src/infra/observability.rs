@@ -464,3 +464,58 @@ pub fn observability_block(registry: &Registry) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// GitHub's anchor of a heading: lower case, punctuation other than `-` dropped, spaces to `-`.
+    fn anchor(heading: &str) -> String {
+        heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect()
+    }
+
+    #[test]
+    fn every_alarm_points_at_a_runbook_entry_that_exists() {
+        let page = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(RUNBOOK),
+        )
+        .unwrap();
+        let anchors: Vec<String> = page
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .map(|h| anchor(h.trim_start_matches('#')))
+            .collect();
+        let alarms = alarms(&dualcaster::tasks::registry());
+        for alarm in &alarms {
+            assert!(
+                anchors.contains(&alarm.runbook.to_owned()),
+                "{}: no heading for #{} in {RUNBOOK}",
+                alarm.logical_id,
+                alarm.runbook
+            );
+        }
+        // Seven kinds of alarm, each with its entry.
+        let mut kinds: Vec<&str> = alarms.iter().map(|a| a.runbook).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), 7, "{kinds:?}");
+    }
+
+    #[test]
+    fn backlog_thresholds_and_heartbeat_period_by_hand() {
+        assert_eq!(backlog_threshold_secs(Queue::Ingestion), 3600);
+        assert_eq!(backlog_threshold_secs(Queue::Analytics), 3600);
+        assert_eq!(backlog_threshold_secs(Queue::Default), 900);
+        assert_eq!(fire_interval_secs("cron(0/15 * * * ? *)"), Some(900));
+        assert_eq!(fire_interval_secs("cron(5 * * * ? *)"), Some(3600));
+        assert_eq!(fire_interval_secs("rate(10 minutes)"), Some(600));
+    }
+}
