@@ -333,7 +333,10 @@ fn widget_metrics(widget: &Value) -> Vec<(MetricKey, Vec<(String, String)>)> {
             .iter()
             .map(|s| s.as_str().unwrap().to_owned())
             .collect();
-        assert!(strings.len() >= 2 && strings.len() % 2 == 0, "{line}");
+        assert!(
+            strings.len() >= 2 && strings.len().is_multiple_of(2),
+            "{line}"
+        );
         let pairs: Vec<(String, String)> = strings[2..]
             .chunks(2)
             .map(|kv| (kv[0].clone(), kv[1].clone()))
