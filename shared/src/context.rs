@@ -162,19 +162,17 @@ impl TaskContext {
         envelope
             .chain_id
             .get_or_insert_with(|| self.chain_id.to_string());
-        let trace = self.trace_header.as_deref().map(|header| {
-            aws_sdk_sqs::types::MessageSystemAttributeValue::builder()
-                .data_type("String")
-                .string_value(header)
-                .build()
-        });
+        let trace = self
+            .trace_header
+            .as_deref()
+            .and_then(crate::queue::trace_header_attribute);
         let mut send = self
             .sqs()
             .send_message()
             .queue_url(&self.settings().urls(queue).queue)
             .message_body(envelope.to_json())
             .delay_seconds(delay_secs);
-        if let Some(Ok(trace)) = trace {
+        if let Some(trace) = trace {
             send = send.message_system_attributes(
                 aws_sdk_sqs::types::MessageSystemAttributeNameForSends::AwsTraceHeader,
                 trace,

@@ -223,6 +223,24 @@ pub struct DeadLetter {
     /// ten); a redrive puts them back on the message.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub carried: MessageAttributes,
+    /// The X-Ray trace the message carried (its `AWSTraceHeader` system attribute): the dead letter keeps it,
+    /// and a redrive puts it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_header: Option<String>,
+}
+
+/// The `AWSTraceHeader` system attribute for a message sent with X-Ray trace `header` (None for an empty one).
+pub fn trace_header_attribute(
+    header: &str,
+) -> Option<aws_sdk_sqs::types::MessageSystemAttributeValue> {
+    if header.is_empty() {
+        return None;
+    }
+    aws_sdk_sqs::types::MessageSystemAttributeValue::builder()
+        .data_type("String")
+        .string_value(header)
+        .build()
+        .ok()
 }
 
 /// The compact form of [`DeadLetter`] in the `dd.failure` attribute.
@@ -300,6 +318,7 @@ impl DeadLetter {
                 source_queue: c.queue,
                 source_message_id: c.message_id,
                 carried: c.attributes,
+                trace_header: None,
             });
         }
         let error_class = get(attr::LEGACY_ERROR_CLASS)?;
@@ -317,6 +336,7 @@ impl DeadLetter {
             source_queue: get(attr::LEGACY_SOURCE_QUEUE).unwrap_or_default(),
             source_message_id: get(attr::LEGACY_SOURCE_MESSAGE_ID).unwrap_or_default(),
             carried: MessageAttributes::new(),
+            trace_header: None,
         })
     }
 }
@@ -407,11 +427,21 @@ impl QueueOps for SqsQueueOps {
         record: &'a DeadLetter,
     ) -> BoxFuture<'a, Result<(), TaskError>> {
         Box::pin(async move {
+            let trace = record
+                .trace_header
+                .as_deref()
+                .and_then(trace_header_attribute);
             self.client
                 .send_message()
                 .queue_url(dlq_url)
                 .message_body(body)
                 .set_message_attributes(Some(record.to_attributes(own)))
+                .set_message_system_attributes(trace.map(|t| {
+                    HashMap::from([(
+                        aws_sdk_sqs::types::MessageSystemAttributeNameForSends::AwsTraceHeader,
+                        t,
+                    )])
+                }))
                 .send()
                 .await
                 .map_err(|e| from_sdk_error("SendMessage to DLQ", e))?;
@@ -447,6 +477,7 @@ mod tests {
             source_queue: "dd-default".into(),
             source_message_id: "m-1".into(),
             carried: MessageAttributes::new(),
+            trace_header: None,
         }
     }
 

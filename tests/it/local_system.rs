@@ -52,6 +52,7 @@ async fn dead_letter(stack: &TestStack, queue: Queue, task: &str, body: &str, cl
         source_queue: queue.as_str().into(),
         source_message_id: uuid::Uuid::new_v4().to_string(),
         carried: Default::default(),
+        trace_header: None,
     };
     stack
         .sqs

@@ -179,12 +179,19 @@ async fn a_chain_is_followed_by_its_id_from_an_ingestion_to_its_recommendations(
         .send()
         .await
         .unwrap();
-    // Another chain at the same time, which must not show up in this one.
+    // Another chain at the same time, which must not show up in this one (on another queue: a second
+    // metrics run at once would hold the single-instance lease, and the chain's would be skipped).
+    let default = stack.function(Queue::Default, &[]).await.unwrap();
+    let default_source = stack.event_source(Queue::Default, 10).await.unwrap();
     stack
         .send(
-            Queue::Analytics,
-            r#"{"task": "compute_price_metrics", "id": "chain-test:by-hand"}"#,
+            Queue::Default,
+            r#"{"task": "ping", "id": "chain-test:by-hand"}"#,
         )
+        .await
+        .unwrap();
+    stack
+        .drain(&default_source, &default, timeout)
         .await
         .unwrap();
     stack
@@ -631,5 +638,56 @@ async fn status_counts_what_the_queues_runs_and_leases_hold() {
     let text = render(&status);
     assert!(text.contains("task_failed"), "{text}");
     assert!(text.contains("run:prune_price_history"), "{text}");
+    stack.cleanup().await;
+}
+
+/// The X-Ray trace a producer put on a message (SQS's `AWSTraceHeader`) stays with it through the DLQ and a
+/// filtered redrive, which moves messages itself: the redriven run is still in the producer's trace.
+#[tokio::test]
+async fn a_producers_trace_survives_the_dlq_and_a_filtered_redrive() {
+    let stack = TestStack::start().await.unwrap();
+    let function = stack.function(Queue::Default, &[]).await.unwrap();
+    let source = stack.event_source(Queue::Default, 10).await.unwrap();
+    let trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    stack
+        .sqs
+        .send_message()
+        .queue_url(stack.queue_url(Queue::Default))
+        .message_body(
+            r#"{"task": "ping", "id": "traced-failure", "kwargs": {"drill": "permanent"}}"#,
+        )
+        .message_system_attributes(
+            MessageSystemAttributeNameForSends::AwsTraceHeader,
+            MessageSystemAttributeValue::builder()
+                .data_type("String")
+                .string_value(trace)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    stack
+        .drain(&source, &function, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(stack.depth(stack.dlq_url(Queue::Default)).await.unwrap(), 1);
+    let redrive = json!({"queue": "default", "task": "ping", "dry_run": false});
+    let out = invoke(&function, json!({"task": "dlq_redrive", "kwargs": redrive}))
+        .await
+        .unwrap();
+    assert_eq!(out["detail"]["moved"], 1, "{out}");
+    stack
+        .drain(&source, &function, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Two runs of the message, before the DLQ and after the redrive, both in the producer's trace.
+    let traces: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT trace_header FROM task_runs WHERE run_key = 'traced-failure' ORDER BY started_at",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap();
+    assert_eq!(traces, vec![Some(trace.to_owned()); 2]);
     stack.cleanup().await;
 }

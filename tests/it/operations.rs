@@ -35,6 +35,7 @@ async fn dead_letter_with(stack: &TestStack, body: &str, class: &str, own: &Mess
         source_queue: "default".into(),
         source_message_id: uuid::Uuid::new_v4().to_string(),
         carried: Default::default(),
+        trace_header: None,
     };
     let attributes = record.message_attributes(own);
     send_with(stack, stack.dlq_url(Queue::Default), body, &attributes).await;

@@ -156,6 +156,7 @@ async fn fill(stack: &TestStack, letters: &[Letter]) {
                     source_queue: "default".into(),
                     source_message_id: format!("src-{i}"),
                     carried: MessageAttributes::new(),
+                    trace_header: None,
                 }
                 .to_attributes(&l.own),
                 None => l

@@ -256,6 +256,8 @@ impl Runtime {
                         source_queue: self.queue.as_str().to_owned(),
                         source_message_id: message_id.clone(),
                         carried: MessageAttributes::new(),
+                        // The producer's trace only: the dead letter is what they sent.
+                        trace_header: record.attributes.get(TRACE_HEADER).cloned(),
                     };
                     self.dead_letter(err, &dead, body, &attributes).await
                 }

@@ -12,7 +12,10 @@ use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName,
+    MessageSystemAttributeNameForSends, QueueAttributeName,
+};
 use chrono::{DateTime, Utc};
 use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
@@ -209,6 +212,7 @@ impl Task for DlqRedrive {
                     .wait_time_seconds(if report.scanned >= report.depth_seen { 1 } else { 0 })
                     .message_attribute_names("All")
                     .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+                    .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
                     .send()
                     .await
                     .map_err(|e| from_sdk_error("ReceiveMessage (DLQ)", e))?;
@@ -256,11 +260,18 @@ impl Task for DlqRedrive {
                         .iter()
                         .filter_map(|(k, v)| Some((k.clone(), v.to_sdk()?)))
                         .collect();
+                    // And its X-Ray trace, which SQS keeps as a system attribute.
+                    let trace = m
+                        .attributes()
+                        .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
+                        .and_then(|t| crate::queue::trace_header_attribute(t))
+                        .map(|t| HashMap::from([(MessageSystemAttributeNameForSends::AwsTraceHeader, t)]));
                     // Send first, delete second: a failure in between duplicates, never loses.
                     sqs.send_message()
                         .queue_url(&urls.queue)
                         .message_body(m.body().unwrap_or_default())
                         .set_message_attributes((!own.is_empty()).then_some(own))
+                        .set_message_system_attributes(trace)
                         .send()
                         .await
                         .map_err(|e| from_sdk_error("SendMessage (redrive)", e))?;
@@ -360,6 +371,7 @@ mod tests {
             source_queue: "default".into(),
             source_message_id: "m".into(),
             carried: Default::default(),
+            trace_header: None,
         }
     }
 
