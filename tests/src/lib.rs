@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use dualcaster::queue::Queue;
 use dualcaster_tools::local::event_source::{invoke_function, Dispatch, EventSource};
 use dualcaster_tools::local::function::LocalFunction;
@@ -229,28 +229,9 @@ impl TestStack {
 
     /// Visible + in-flight + delayed messages of a queue URL.
     pub async fn depth(&self, url: &str) -> Result<u64> {
-        let out = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::All)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "GetQueueAttributes: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(&e)
-                )
-            })?;
-        let get = |name: QueueAttributeName| -> u64 {
-            out.attributes()
-                .and_then(|a| a.get(&name))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok(get(QueueAttributeName::ApproximateNumberOfMessages)
-            + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            + get(QueueAttributeName::ApproximateNumberOfMessagesDelayed))
+        Ok(dualcaster_tools::local::queue_depths(&self.sqs, url)
+            .await?
+            .total())
     }
 
     /// Reads every message of a DLQ (nothing is deleted; all are visible again afterwards).

@@ -7,7 +7,6 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use aws_sdk_sqs::types::QueueAttributeName;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -16,6 +15,8 @@ use dualcaster::lease::{LeaseKind, LeaseStore};
 use dualcaster::queue::Queue;
 use dualcaster::registry::Registry;
 use dualcaster::schedule::ScheduleExpression;
+
+use crate::local::queue_depths;
 
 /// Where a stack's numbers come from.
 pub struct Sources<'a> {
@@ -97,14 +98,13 @@ pub async fn collect(
     let since = now - chrono::Duration::from_std(window).context("window too long")?;
     let mut queues = Vec::new();
     for (queue, url, dlq) in &sources.urls {
-        let depth = depths(sources.sqs, url).await?;
-        let dead = depths(sources.sqs, dlq).await?;
+        let depth = queue_depths(sources.sqs, url).await?;
         queues.push(QueueStatus {
             queue: *queue,
-            visible: depth.0,
-            in_flight: depth.1,
-            delayed: depth.2,
-            dead_letters: dead.0 + dead.1 + dead.2,
+            visible: depth.visible,
+            in_flight: depth.in_flight,
+            delayed: depth.delayed,
+            dead_letters: queue_depths(sources.sqs, dlq).await?.total(),
         });
     }
     let runs = sqlx::query_as::<_, TaskRuns>(
@@ -172,38 +172,6 @@ pub async fn collect(
         schedules,
         leases,
     })
-}
-
-/// Visible, in flight and delayed messages of one queue.
-async fn depths(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(u64, u64, u64)> {
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-        .send()
-        .await
-        .map_err(|e| {
-            let text = aws_sdk_sqs::error::DisplayErrorContext(&e).to_string();
-            let hint = if text.contains("QueueDoesNotExist") {
-                " (the stack is not provisioned here: `make provision`)"
-            } else {
-                ""
-            };
-            anyhow!("GetQueueAttributes {url}: {text}{hint}")
-        })?;
-    let get = |name: QueueAttributeName| {
-        out.attributes()
-            .and_then(|a| a.get(&name))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((
-        get(QueueAttributeName::ApproximateNumberOfMessages),
-        get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
-    ))
 }
 
 /// A window such as `90s`, `15m`, `1h` or `7d`.

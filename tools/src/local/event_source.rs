@@ -257,25 +257,9 @@ impl EventSource {
 
     /// Visible plus in-flight plus delayed messages.
     pub async fn backlog(&self) -> Result<u64> {
-        let out = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&self.queue_url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "GetQueueAttributes: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(&e)
-                )
-            })?;
-        Ok(out
-            .attributes()
-            .map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum())
-            .unwrap_or(0))
+        Ok(super::queue_depths(&self.sqs, &self.queue_url)
+            .await?
+            .total())
     }
 }
 

@@ -88,6 +88,54 @@ pub async fn local_events() -> aws_sdk_eventbridge::Client {
     aws_sdk_eventbridge::Client::new(&local_aws().await)
 }
 
+/// A queue's messages by state, as SQS approximates them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+impl QueueDepths {
+    /// Every message the queue holds, whatever its state.
+    pub fn total(&self) -> u64 {
+        self.visible + self.in_flight + self.delayed
+    }
+}
+
+/// The depths of the queue at `url`.
+pub async fn queue_depths(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<QueueDepths> {
+    use aws_sdk_sqs::types::QueueAttributeName as Name;
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(Name::ApproximateNumberOfMessages)
+        .attribute_names(Name::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(Name::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .map_err(|e| {
+            let text = aws_sdk_sqs::error::DisplayErrorContext(&e).to_string();
+            let hint = if text.contains("QueueDoesNotExist") {
+                " (the stack is not provisioned here: `make provision`)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("GetQueueAttributes {url}: {text}{hint}")
+        })?;
+    let get = |name: Name| {
+        out.attributes()
+            .and_then(|a| a.get(&name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(QueueDepths {
+        visible: get(Name::ApproximateNumberOfMessages),
+        in_flight: get(Name::ApproximateNumberOfMessagesNotVisible),
+        delayed: get(Name::ApproximateNumberOfMessagesDelayed),
+    })
+}
+
 /// Sends `body` to the queue at `url`; returns the message id.
 pub async fn send_message(
     sqs: &aws_sdk_sqs::Client,
