@@ -59,7 +59,9 @@ impl UpstreamConfig {
 #[derive(Clone)]
 pub struct Upstream {
     config: Arc<UpstreamConfig>,
-    client: reqwest::Client,
+    /// Built on first use: building it reads the system's CA certificates (hundreds of files), which a cold
+    /// start of a function that never calls this upstream should not pay for.
+    client: Arc<std::sync::OnceLock<reqwest::Client>>,
     breaker: Breaker,
     pacer: Option<Arc<DefaultDirectRateLimiter>>,
 }
@@ -74,15 +76,6 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Self, TaskError> {
-        let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            .gzip(true)
-            .build()
-            .map_err(|e| {
-                TaskError::permanent(class::UPSTREAM, format!("building the HTTP client: {e}"))
-            })?;
         let breaker = Config::new()
             .failure_policy(failure_policy::consecutive_failures(
                 config.breaker_failures.max(1),
@@ -95,10 +88,27 @@ impl Upstream {
             .map(|q| Arc::new(RateLimiter::direct(q)));
         Ok(Upstream {
             config: Arc::new(config),
-            client,
+            client: Arc::default(),
             breaker,
             pacer,
         })
+    }
+
+    /// The HTTP client, built the first time it is needed (a race builds two and keeps one).
+    fn client(&self) -> Result<&reqwest::Client, TaskError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let built = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(self.config.connect_timeout)
+            .read_timeout(self.config.read_timeout)
+            .gzip(true)
+            .build()
+            .map_err(|e| {
+                TaskError::permanent(class::UPSTREAM, format!("building the HTTP client: {e}"))
+            })?;
+        Ok(self.client.get_or_init(|| built))
     }
 
     pub fn name(&self) -> &'static str {
@@ -124,7 +134,7 @@ impl Upstream {
             }
             let call = async {
                 let response = self
-                    .client
+                    .client()?
                     .get(&url)
                     .header(reqwest::header::ACCEPT, "application/json;q=0.9,*/*;q=0.8")
                     .timeout(self.config.request_timeout)
