@@ -21,7 +21,8 @@ pub struct Services {
     pub db: PgPool,
     /// Where the pool's credentials come from, when they are in Secrets Manager.
     pub db_secret: Option<crate::secrets::DatabaseSecret>,
-    pub sqs: aws_sdk_sqs::Client,
+    /// Built on first use ([`crate::lazy_client`]).
+    pub sqs: crate::lazy_client::LazyClient<aws_sdk_sqs::Client>,
     pub leases: Arc<dyn LeaseStore>,
     pub upstreams: Upstreams,
 }

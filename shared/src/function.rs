@@ -10,6 +10,7 @@ use crate::config::DatabaseSource;
 use crate::config::Settings;
 use crate::context::{Services, Upstreams};
 use crate::db::{self, RunLog};
+use crate::lazy_client::lazy;
 use crate::lease::dynamo::DynamoLeaseStore;
 use crate::queue::{Queue, SqsQueueOps};
 use crate::registry::Registry;
@@ -20,10 +21,25 @@ use crate::telemetry;
 /// Builds the runtime for `queue` from the environment (fails fast, naming a missing variable).
 pub async fn build(queue: Queue) -> Result<Runtime, lambda_runtime::Error> {
     let settings = Settings::from_env()?;
-    let aws = aws_config::load_from_env().await;
+    let aws = aws_from_env().await;
     let function_name =
         std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| format!("dualcaster-{queue}"));
     build_with(queue, settings, &aws, function_name)
+}
+
+/// The AWS configuration from the environment. Lambda puts the function's credentials there, and resolving
+/// the whole default chain instead would build an STS client for web identity at once, which loads the
+/// system's CA certificates before the first poll; without them in the environment, the default chain.
+async fn aws_from_env() -> aws_config::SdkConfig {
+    let loader = aws_config::from_env();
+    let loader = if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
+        loader.credentials_provider(
+            aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+        )
+    } else {
+        loader
+    };
+    loader.load().await
 }
 
 /// Builds the runtime for `queue` from settings and an AWS configuration: the clients, the lazy pool, the
@@ -52,9 +68,17 @@ pub fn build_with_registry(
     function_name: String,
     registry: Registry,
 ) -> Result<Runtime, lambda_runtime::Error> {
-    let sqs = aws_sdk_sqs::Client::new(aws);
-    let leases = Arc::new(DynamoLeaseStore::new(
-        aws_sdk_dynamodb::Client::new(aws),
+    // Every AWS client is built on first use: building one loads the system's CA certificates, which a cold
+    // start before its first poll does not need.
+    let sqs = {
+        let aws = aws.clone();
+        lazy(move || aws_sdk_sqs::Client::new(&aws))
+    };
+    let leases = Arc::new(DynamoLeaseStore::with_lazy_client(
+        {
+            let aws = aws.clone();
+            lazy(move || aws_sdk_dynamodb::Client::new(&aws))
+        },
         settings.lease_table.clone(),
     ));
     let pool = db::lazy_pool(&settings)?;
@@ -66,7 +90,10 @@ pub fn build_with_registry(
             port,
             name,
         } => Some(DatabaseSecret::new(
-            aws_sdk_secretsmanager::Client::new(aws),
+            {
+                let aws = aws.clone();
+                lazy(move || aws_sdk_secretsmanager::Client::new(&aws))
+            },
             arn.clone(),
             Endpoint {
                 host: host.clone(),
@@ -89,7 +116,7 @@ pub fn build_with_registry(
         queue,
         registry,
         services,
-        Arc::new(SqsQueueOps::new(sqs)),
+        Arc::new(SqsQueueOps::with_lazy_client(sqs)),
         RunLog::Postgres(pool),
         function_name,
     ))
@@ -119,11 +146,14 @@ pub async fn serve(queue: Queue) -> Result<(), lambda_runtime::Error> {
 pub async fn serve_ops() -> Result<(), lambda_runtime::Error> {
     telemetry::init();
     let settings = Settings::from_env()?;
-    let aws = aws_config::load_from_env().await;
+    let aws = aws_from_env().await;
     let function_name =
         std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "dualcaster-ops".into());
     let ops = match build_with(Queue::Default, settings, &aws, function_name) {
-        Ok(runtime) => crate::ops::Ops::new(runtime, aws_sdk_sqs::Client::new(&aws)),
+        Ok(runtime) => crate::ops::Ops::new(runtime, {
+            let aws = aws.clone();
+            lazy(move || aws_sdk_sqs::Client::new(&aws))
+        }),
         Err(e) => {
             tracing::error!(error = %e, "cold start failed");
             return Err(e);

@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod error;
 pub mod function;
 pub mod json_stream;
+pub mod lazy_client;
 pub mod lease;
 pub mod metrics;
 pub mod migrations;

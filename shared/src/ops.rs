@@ -159,12 +159,12 @@ pub fn parse(payload: Value) -> Result<OpsRequest, InvokeError> {
 /// Runs operator actions with the default queue's runtime.
 pub struct Ops {
     runtime: Runtime,
-    sqs: aws_sdk_sqs::Client,
+    sqs: crate::lazy_client::LazyClient<aws_sdk_sqs::Client>,
 }
 
 impl Ops {
     /// `runtime` must be the default queue's: the operator tasks run there.
-    pub fn new(runtime: Runtime, sqs: aws_sdk_sqs::Client) -> Ops {
+    pub fn new(runtime: Runtime, sqs: crate::lazy_client::LazyClient<aws_sdk_sqs::Client>) -> Ops {
         Ops { runtime, sqs }
     }
 

@@ -384,11 +384,16 @@ pub trait QueueOps: Send + Sync {
 /// [`QueueOps`] on Amazon SQS (or LocalStack).
 #[derive(Clone)]
 pub struct SqsQueueOps {
-    client: aws_sdk_sqs::Client,
+    client: crate::lazy_client::LazyClient<aws_sdk_sqs::Client>,
 }
 
 impl SqsQueueOps {
     pub fn new(client: aws_sdk_sqs::Client) -> Self {
+        Self::with_lazy_client(crate::lazy_client::ready(client))
+    }
+
+    /// Queue operations whose client is built on first use.
+    pub fn with_lazy_client(client: crate::lazy_client::LazyClient<aws_sdk_sqs::Client>) -> Self {
         SqsQueueOps { client }
     }
 }

@@ -87,7 +87,7 @@ pub fn connect_options(secret: &str, endpoint: &Endpoint) -> Result<PgConnectOpt
 
 /// The secret behind a function's pool.
 pub struct DatabaseSecret {
-    client: aws_sdk_secretsmanager::Client,
+    client: crate::lazy_client::LazyClient<aws_sdk_secretsmanager::Client>,
     arn: String,
     endpoint: Endpoint,
     application_name: &'static str,
@@ -98,7 +98,7 @@ pub struct DatabaseSecret {
 
 impl DatabaseSecret {
     pub fn new(
-        client: aws_sdk_secretsmanager::Client,
+        client: crate::lazy_client::LazyClient<aws_sdk_secretsmanager::Client>,
         arn: String,
         endpoint: Endpoint,
         application_name: &'static str,

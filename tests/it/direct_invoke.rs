@@ -158,3 +158,40 @@ async fn dlq_report_counts_dead_letters_without_consuming_them() {
     assert_eq!(stack.dead_letters(Queue::Default).await.unwrap().len(), 4);
     stack.cleanup().await;
 }
+
+/// A cold start does only what every invocation needs before its first poll: no AWS or HTTP client is built,
+/// so the system's CA certificates are not read. The certificate file here is a FIFO with no writer: reading
+/// it blocks forever, so a start-up that reads it never polls.
+#[tokio::test]
+async fn a_cold_start_reads_no_certificates_before_its_first_poll() {
+    let stack = TestStack::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("dd-certs-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("ca.pem");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let fifo_path = fifo.to_str().unwrap().to_owned();
+    let dir_path = dir.to_str().unwrap().to_owned();
+    for queue in Queue::ALL {
+        let function = stack
+            .function(
+                queue,
+                &[
+                    ("SSL_CERT_FILE", fifo_path.as_str()),
+                    ("SSL_CERT_DIR", dir_path.as_str()),
+                ],
+            )
+            .await
+            .unwrap();
+        let polled = tokio::time::timeout(Duration::from_secs(20), function.polled()).await;
+        assert!(
+            polled.is_ok(),
+            "the {queue} function did not poll within 20 s: its start-up reads certificates"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    stack.cleanup().await;
+}

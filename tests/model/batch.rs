@@ -294,7 +294,7 @@ fn runtime(stack: &TestStack, queue: Arc<RecordingQueue>) -> Runtime {
         settings,
         db: stack.pool.clone(),
         db_secret: None,
-        sqs: stack.sqs.clone(),
+        sqs: dualcaster::lazy_client::ready(stack.sqs.clone()),
         leases: Arc::new(MemoryLeaseStore::new()),
         upstreams,
     });

@@ -4,6 +4,7 @@
 //! seconds, for DynamoDB's TTL clean-up an hour after expiry), and for idempotency records `payload_hash`
 //! and `result` (S). Expiry is always compared against `expires_at` in the condition itself.
 
+use crate::lazy_client::LazyClient;
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -19,12 +20,17 @@ const TTL_GRACE_SECS: i64 = 3600;
 
 #[derive(Debug, Clone)]
 pub struct DynamoLeaseStore {
-    client: Client,
+    client: LazyClient<Client>,
     table: String,
 }
 
 impl DynamoLeaseStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self::with_lazy_client(crate::lazy_client::ready(client), table)
+    }
+
+    /// A store whose client is built on first use.
+    pub fn with_lazy_client(client: LazyClient<Client>, table: impl Into<String>) -> Self {
         DynamoLeaseStore {
             client,
             table: table.into(),

@@ -260,7 +260,7 @@ fn runtime_with(
         settings,
         db,
         db_secret: None,
-        sqs,
+        sqs: crate::lazy_client::ready(sqs),
         leases,
         upstreams,
     });

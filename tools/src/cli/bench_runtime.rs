@@ -115,7 +115,7 @@ async fn per_message(batches: usize) -> Result<(f64, f64)> {
         settings,
         db,
         db_secret: None,
-        sqs: sqs.clone(),
+        sqs: dualcaster::lazy_client::ready(sqs.clone()),
         leases: Arc::new(MemoryLeaseStore::new()),
         upstreams,
     });

@@ -101,7 +101,7 @@ pub async fn local_runtime(queue: Queue) -> Result<Runtime> {
 pub async fn local_ops() -> Result<dualcaster::ops::Ops> {
     Ok(dualcaster::ops::Ops::new(
         local_runtime(Queue::Default).await?,
-        local_sqs().await,
+        dualcaster::lazy_client::ready(local_sqs().await),
     ))
 }
 
