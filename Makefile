@@ -114,8 +114,8 @@ bench-load: stack-up ## 10,000 messages of a realistic mix through the local eve
 	./target/profiling/dualcaster migrate
 	./target/profiling/dualcaster bench-load --messages $(or $(MESSAGES),10000) --rate $(or $(RATE),200)
 
-bench-runtime: ## Function start-up (median, p95), zip sizes, runtime work per message (builds the x86_64 zips)
-	bash scripts/package.sh x86_64
+bench-runtime: ## Function start-up (median, p95) vs a hello-world lambda_runtime function, zip sizes, runtime work per message (builds the x86_64 zips)
+	WITH_FLOOR=1 bash scripts/package.sh x86_64
 	$(CARGO) build --profile profiling --bin dualcaster
 	./target/profiling/dualcaster bench-runtime --starts $(or $(STARTS),50) --batches $(or $(BATCHES),2000)
 

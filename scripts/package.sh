@@ -4,10 +4,13 @@
 # gets its own folder: target/lambda/<arch>/<function>/bootstrap.zip. Fails if a function's zip is missing
 # or over the size limit.
 #   scripts/package.sh [x86_64|arm64|all]     (default: all)
+# With WITH_FLOOR=1 the same build also packages `minimal` (bench/minimal-function), the hello-world function
+# whose start-up `make bench-runtime` uses as its floor; it is never deployed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 FUNCTIONS=(ingestion analytics default ops)
+[ -z "${WITH_FLOOR:-}" ] || FUNCTIONS+=(minimal)
 MAX_ZIP_BYTES=$((8 * 1000 * 1000))
 want="${1:-all}"
 

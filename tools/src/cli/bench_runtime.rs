@@ -1,5 +1,6 @@
 //! `dualcaster bench-runtime`: what the runtime itself costs. The real function binaries' start-up (spawn to
-//! their first poll of a local Runtime API, with settings, clients and the lazy pool built), the size of each
+//! their first poll of a local Runtime API, with settings, clients and the lazy pool built), next to a
+//! hello-world `lambda_runtime` function's built and timed alike in the same run, the size of each
 //! packaged zip, and the runtime's own work per message for batches of ten no-op messages, in process.
 
 use crate::stats::percentile;
@@ -49,35 +50,56 @@ fn offline_env() -> BTreeMap<String, String> {
     env
 }
 
-/// Spawn to first poll, `starts` times for each function binary in `bin_dir`.
-async fn start_up(bin_dir: &Path, starts: usize) -> Result<Vec<(Queue, f64, f64)>> {
-    let mut rows = Vec::new();
-    for queue in Queue::ALL {
-        let binary = bin_dir.join(queue.as_str()).join("bootstrap");
-        let mut samples = Vec::with_capacity(starts);
-        for _ in 0..starts {
-            let started = Instant::now();
-            let function = LocalFunction::start(
-                &format!("bench-{queue}"),
-                &binary,
-                offline_env(),
-                Duration::from_secs(30),
-                None,
-            )
-            .await?;
-            tokio::time::timeout(Duration::from_secs(10), function.polled())
-                .await
-                .map_err(|_| anyhow!("{} never polled the Runtime API", binary.display()))?;
-            samples.push(started.elapsed().as_secs_f64() * 1000.0);
-            drop(function);
-        }
-        rows.push((
-            queue,
-            percentile(&mut samples, 0.5),
-            percentile(&mut samples, 0.95),
+/// The hello-world `lambda_runtime` function packaged beside the real ones: the start-up floor.
+const FLOOR: &str = "minimal";
+
+/// One binary's start-up: spawn to first poll of the Runtime API.
+async fn start_once(name: &str, binary: &Path) -> Result<f64> {
+    let started = Instant::now();
+    let function = LocalFunction::start(
+        &format!("bench-{name}"),
+        binary,
+        offline_env(),
+        Duration::from_secs(30),
+        None,
+    )
+    .await?;
+    tokio::time::timeout(Duration::from_secs(10), function.polled())
+        .await
+        .map_err(|_| anyhow!("{} never polled the Runtime API", binary.display()))?;
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    drop(function);
+    Ok(elapsed)
+}
+
+/// Spawn to first poll, `starts` times for each function binary in `bin_dir` and for the floor. The binaries
+/// take turns start by start, so a slow spell of this machine falls on all of them alike.
+async fn start_up(bin_dir: &Path, starts: usize) -> Result<Vec<(String, f64, f64)>> {
+    let names: Vec<&str> = std::iter::once(FLOOR)
+        .chain(Queue::ALL.iter().map(|q| q.as_str()))
+        .chain(["ops"])
+        .collect();
+    let binaries: Vec<_> = names
+        .iter()
+        .map(|name| bin_dir.join(name).join("bootstrap"))
+        .collect();
+    if let Some(missing) = binaries.iter().find(|b| !b.exists()) {
+        return Err(anyhow!(
+            "{} is missing: `make bench-runtime` packages it (WITH_FLOOR=1 scripts/package.sh x86_64)",
+            missing.display()
         ));
     }
-    Ok(rows)
+    let mut samples = vec![Vec::with_capacity(starts); names.len()];
+    for _ in 0..starts {
+        for (i, binary) in binaries.iter().enumerate() {
+            samples[i].push(start_once(names[i], binary).await?);
+        }
+    }
+    Ok(names
+        .iter()
+        .zip(samples.iter_mut())
+        .map(|(name, s)| (name.to_string(), percentile(s, 0.5), percentile(s, 0.95)))
+        .collect())
 }
 
 fn batch(size: usize, round: usize) -> Value {
@@ -171,10 +193,28 @@ pub async fn bench_runtime(
         "start-up: spawn to first Runtime API poll, {starts} starts each, binaries in {}",
         bin_dir.display()
     );
-    println!("{:<12} {:>12} {:>12}", "function", "median ms", "p95 ms");
-    for (queue, median, p95) in &starts_rows {
-        println!("{:<12} {median:>12.2} {p95:>12.2}", queue.as_str());
+    let floor = starts_rows
+        .iter()
+        .find(|(name, _, _)| name == FLOOR)
+        .map(|(_, median, _)| *median)
+        .unwrap_or(f64::NAN);
+    println!(
+        "{:<12} {:>12} {:>12} {:>14}",
+        "function", "median ms", "p95 ms", "median vs floor"
+    );
+    for (name, median, p95) in &starts_rows {
+        let label = if name == FLOOR {
+            "minimal (floor: hello-world lambda_runtime)".to_owned()
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<12} {median:>12.2} {p95:>12.2} {:>13.2}x  {label}",
+            name,
+            median / floor
+        );
     }
+    println!("target: each function's median within 1.5x of the floor's");
     println!("zip sizes (cargo lambda build --release --output-format zip):");
     let mut any = false;
     for dir in zip_dirs {
