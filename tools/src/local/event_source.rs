@@ -179,18 +179,34 @@ impl EventSource {
         F: FnOnce(Value) -> Fut,
         Fut: Future<Output = std::result::Result<Value, String>>,
     {
+        let (mut result, done) = self.invoke(messages, invoke).await;
+        result.deleted = self.delete(&done).await?;
+        Ok(result)
+    }
+
+    /// The first half of [`EventSource::dispatch`]: invokes the function with `messages` and returns what
+    /// happened (`deleted` still 0) with the messages to delete, those the function did not hand back.
+    pub async fn invoke<F, Fut>(
+        &self,
+        messages: Vec<Message>,
+        invoke: F,
+    ) -> (Dispatch, Vec<Message>)
+    where
+        F: FnOnce(Value) -> Fut,
+        Fut: Future<Output = std::result::Result<Value, String>>,
+    {
         let mut result = Dispatch {
             received: messages.len(),
             ..Default::default()
         };
         if messages.is_empty() {
-            return Ok(result);
+            return (result, Vec::new());
         }
         let response = match invoke(self.event(&messages)).await {
             Ok(response) => response,
             Err(e) => {
                 result.invoke_error = Some(e);
-                return Ok(result);
+                return (result, Vec::new());
             }
         };
         // As in AWS: a response that is not a valid batch response fails the whole batch.
@@ -207,14 +223,22 @@ impl EventSource {
             None if response.is_null() || response == json!({}) => Vec::new(),
             None => {
                 result.invoke_error = Some(format!("invalid batch response: {response}"));
-                return Ok(result);
+                return (result, Vec::new());
             }
         };
-        let done: Vec<&Message> = messages
-            .iter()
+        let done = messages
+            .into_iter()
             .filter(|m| !failed.iter().any(|f| Some(f.as_str()) == m.message_id()))
             .collect();
-        for chunk in done.chunks(10) {
+        result.failed = failed;
+        (result, done)
+    }
+
+    /// The second half of [`EventSource::dispatch`]: deletes `messages`, ten per request. Returns how many
+    /// SQS deleted.
+    pub async fn delete(&self, messages: &[Message]) -> Result<usize> {
+        let mut deleted = 0;
+        for chunk in messages.chunks(10) {
             let entries = chunk
                 .iter()
                 .enumerate()
@@ -239,10 +263,9 @@ impl EventSource {
                         aws_sdk_sqs::error::DisplayErrorContext(&e)
                     )
                 })?;
-            result.deleted += out.successful().len();
+            deleted += out.successful().len();
         }
-        result.failed = failed;
-        Ok(result)
+        Ok(deleted)
     }
 
     /// One receive-invoke-delete cycle.

@@ -79,6 +79,80 @@ pub struct LocalSystem {
     pub totals: Arc<Totals>,
 }
 
+/// One queue's poller, until `stop`. Like the pollers of an AWS event source mapping it receives the next
+/// batch while the function runs the current one, and deletes a batch's records while the function runs the
+/// next, so a batch costs the longest of receive, invoke and delete rather than their sum. Invocations stay
+/// one at a time, in the order received.
+async fn feed(
+    queue: Queue,
+    target: Target,
+    source: EventSource,
+    stop: Arc<AtomicBool>,
+    totals: Arc<Totals>,
+    on_dispatch: OnDispatch,
+) {
+    let receive = |source: &EventSource| {
+        let source = source.clone();
+        tokio::spawn(async move { source.receive(Duration::from_secs(1)).await })
+    };
+    let mut next: Option<JoinHandle<Result<Vec<aws_sdk_sqs::types::Message>>>> = None;
+    let mut deleting: Option<JoinHandle<()>> = None;
+    loop {
+        // A receive is never abandoned half-way: a dropped long poll can still be handed messages, which
+        // would then sit invisible for the whole visibility timeout. A batch received before `stop` is run.
+        let received = match next.take() {
+            Some(handle) => handle
+                .await
+                .unwrap_or_else(|e| Err(anyhow!("receive task: {e}"))),
+            None if stop.load(Ordering::Acquire) => break,
+            None => source.receive(Duration::from_secs(1)).await,
+        };
+        let messages = match received {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(%queue, error = format!("{e:#}"), "poll failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if !stop.load(Ordering::Acquire) {
+            next = Some(receive(&source));
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        let (mut dispatch, done) = source.invoke(messages, |event| target.invoke(event)).await;
+        if let Some(previous) = deleting.take() {
+            let _ = previous.await;
+        }
+        let (source, totals, on_dispatch) = (source.clone(), totals.clone(), on_dispatch.clone());
+        deleting = Some(tokio::spawn(async move {
+            match source.delete(&done).await {
+                Ok(deleted) => dispatch.deleted = deleted,
+                // The records come back after their visibility timeout, as after a failed delete in AWS.
+                Err(e) => tracing::warn!(%queue, error = format!("{e:#}"), "delete failed"),
+            }
+            totals.batches.fetch_add(1, Ordering::Relaxed);
+            totals
+                .received
+                .fetch_add(dispatch.received as u64, Ordering::Relaxed);
+            totals
+                .deleted
+                .fetch_add(dispatch.deleted as u64, Ordering::Relaxed);
+            totals
+                .handed_back
+                .fetch_add(dispatch.failed.len() as u64, Ordering::Relaxed);
+            if dispatch.invoke_error.is_some() {
+                totals.failed_invocations.fetch_add(1, Ordering::Relaxed);
+            }
+            on_dispatch(queue, &dispatch);
+        }));
+    }
+    if let Some(last) = deleting {
+        let _ = last.await;
+    }
+}
+
 impl LocalSystem {
     /// Starts the functions and one event source per queue, polling until [`LocalSystem::stop`].
     pub async fn start(
@@ -161,37 +235,7 @@ impl LocalSystem {
                 let (queue, target, source) = (*queue, target.clone(), source.clone());
                 let (stop, totals, on_dispatch) =
                     (stop.clone(), totals.clone(), on_dispatch.clone());
-                tokio::spawn(async move {
-                    // A poll is never abandoned half-way: a dropped long poll can still be handed messages,
-                    // which would then sit invisible for the whole visibility timeout.
-                    while !stop.load(Ordering::Acquire) {
-                        let poll =
-                            source.poll_once(Duration::from_secs(1), |event| target.invoke(event));
-                        match poll.await {
-                            Ok(d) if d.received > 0 => {
-                                totals.batches.fetch_add(1, Ordering::Relaxed);
-                                totals
-                                    .received
-                                    .fetch_add(d.received as u64, Ordering::Relaxed);
-                                totals
-                                    .deleted
-                                    .fetch_add(d.deleted as u64, Ordering::Relaxed);
-                                totals
-                                    .handed_back
-                                    .fetch_add(d.failed.len() as u64, Ordering::Relaxed);
-                                if d.invoke_error.is_some() {
-                                    totals.failed_invocations.fetch_add(1, Ordering::Relaxed);
-                                }
-                                on_dispatch(queue, &d);
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(%queue, error = format!("{e:#}"), "poll failed");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                        }
-                    }
-                })
+                tokio::spawn(feed(queue, target, source, stop, totals, on_dispatch))
             })
             .collect();
         Ok(LocalSystem {
