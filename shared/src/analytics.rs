@@ -41,15 +41,27 @@ pub async fn follow_up(
     out.enqueue(Queue::Analytics, &envelope, 0).await
 }
 
-/// Work recorded this long before the previous run's start is looked at again, so a batch whose transaction
-/// committed late is never missed (looking at something twice changes nothing).
+/// How far back the next run looks when this run cannot see every open transaction (a session of another role
+/// hides its transaction start unless this role has `pg_read_all_stats`): a batch committing this late is still
+/// seen (looking at something twice changes nothing).
 pub const OVERLAP: chrono::Duration = chrono::Duration::minutes(5);
+
+/// This run's start on the database clock, held back to the start of the oldest other open transaction of
+/// this database, less a microsecond (runs read what was recorded strictly after it). A row's `recorded_at` is
+/// its writing transaction's start, and a transaction still open now may commit after this run has read: the
+/// next run must look from before it. With no transaction open elsewhere, the next run looks from here, so
+/// what this run saw is not read again.
+const LOW_WATER: &str = "
+SELECT CASE WHEN bool_or(a.query = '<insufficient privilege>') THEN now() - make_interval(secs => $1)
+            ELSE least(now(), min(a.xact_start)) - interval '1 microsecond' END
+FROM pg_stat_activity a
+WHERE a.datname = current_database() AND a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()";
 
 /// Where one analytics step has read to, read and moved inside the step's own transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct Watermark {
     name: &'static str,
-    /// The database clock at the start of this run: the next run reads from here.
+    /// Where the next run reads from: this run's start, or the start of an older transaction still open.
     started: DateTime<Utc>,
     /// Changes after this instant are new; `None` when the step has never run.
     pub since: Option<DateTime<Utc>>,
@@ -60,7 +72,8 @@ impl Watermark {
         tx: &mut Transaction<'_, Postgres>,
         name: &'static str,
     ) -> Result<Watermark, TaskError> {
-        let started: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        let started: DateTime<Utc> = sqlx::query_scalar(LOW_WATER)
+            .bind(OVERLAP.num_seconds() as f64)
             .fetch_one(&mut **tx)
             .await?;
         let previous: Option<DateTime<Utc>> =
@@ -71,7 +84,7 @@ impl Watermark {
         Ok(Watermark {
             name,
             started,
-            since: previous.map(|t| t - OVERLAP),
+            since: previous,
         })
     }
 

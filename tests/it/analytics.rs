@@ -214,6 +214,58 @@ async fn metrics_follow_the_weekly_history_and_later_runs_only_touch_what_is_new
     stack.cleanup().await;
 }
 
+/// The watermark's contract (docs/data.md): a batch whose transaction began before a run and commits after it
+/// is seen by the next run, and with no transaction open elsewhere a run reads nothing the previous one saw.
+#[tokio::test]
+async fn a_batch_committing_after_a_run_is_seen_by_the_next_and_nothing_is_read_twice() {
+    let stack = TestStack::start().await.unwrap();
+    let analytics = stack.function(Queue::Analytics, &[]).await.unwrap();
+    let id = series(&stack, "Late batch", &[1.0, 1.1, 1.2]).await;
+    let first = run(&analytics, "compute_price_metrics", json!({})).await;
+    assert_eq!(first["detail"]["series"], 1, "{first}");
+
+    // A batch begins (its points' recorded_at is its start), then a run reads while it is still open.
+    let mut batch = stack.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
+         VALUES ($1, 'tcgplayer', 'retail', 'nonfoil', 'USD', '2026-09-27', 5.00)",
+    )
+    .bind(id)
+    .execute(&mut *batch)
+    .await
+    .unwrap();
+    let during = run(&analytics, "compute_price_metrics", json!({})).await;
+    assert_eq!(during["detail"]["series"], 0, "uncommitted: {during}");
+    batch.commit().await.unwrap();
+
+    let after = run(&analytics, "compute_price_metrics", json!({})).await;
+    assert_eq!(after["detail"]["series"], 1, "the late batch: {after}");
+    assert_eq!(after["detail"]["changed"], 1, "{after}");
+    let m = metrics(&stack, id).await;
+    assert_eq!(m["latest_day"].as_deref(), Some("2026-09-27"));
+    assert_eq!(f(&m["latest_price"]), 5.0);
+    assert_eq!(m["points"].as_deref(), Some("4"));
+
+    // Nothing new and nothing open: nothing is read again (with a fixed overlap, the last batch would be).
+    let idle = run(&analytics, "compute_price_metrics", json!({})).await;
+    assert_eq!(idle["detail"]["series"], 0, "{idle}");
+
+    // A new price for the latest day: recomputed from the previous count, which it does not change.
+    sqlx::query(
+        "UPDATE price_points SET price = 6.00, recorded_at = now() WHERE scryfall_id = $1 AND day = '2026-09-27'",
+    )
+    .bind(id)
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    let repriced = run(&analytics, "compute_price_metrics", json!({})).await;
+    assert_eq!(repriced["detail"]["series"], 1, "{repriced}");
+    let m = metrics(&stack, id).await;
+    assert_eq!(f(&m["latest_price"]), 6.0);
+    assert_eq!(m["points"].as_deref(), Some("4"));
+    stack.cleanup().await;
+}
+
 /// Adds a printing and a weekly retail series for it.
 async fn series(stack: &TestStack, name: &str, prices: &[f64]) -> uuid::Uuid {
     let id = uuid::Uuid::new_v4();

@@ -48,18 +48,22 @@ impl TaskReport for PriceMetricsReport {
     }
 }
 
-/// Every series' latest day and point count, for a full run.
+/// Every series' latest day and point count, for a full run. `latest` gives each series to compute its latest
+/// day and a count of its points up to `base_day`; the points after `base_day` are counted while its window is
+/// read (see `COMPUTE`).
 const FULL: &str = r#"
 WITH latest AS (
-    SELECT scryfall_id, source, price_type, finish, currency, max(day) AS latest_day, count(*) AS points
+    SELECT scryfall_id, source, price_type, finish, currency, max(day) AS latest_day,
+        max(day) AS base_day, count(*) AS base_points
     FROM price_points
     GROUP BY 1, 2, 3, 4, 5
 )"#;
 
 /// The latest day and point count of the series with points recorded after `$1`. A series that only received
-/// days after its previous latest one (the daily case) adds them to its previous count and its latest day is
-/// the newest of them; any other series is recounted and its latest day looked up. (A latest point is never
-/// deleted: pruning keeps each week's last point.)
+/// its previous latest day again (a new price) or days after it (the daily case) keeps its previous count as the
+/// base, and the points after its previous latest day are counted in its window, which holds them all when they
+/// lie within 60 days of it; its latest day is the newest of them. Any other series is recounted and its latest day looked up.
+/// (A latest point is never deleted: pruning keeps each week's last point.)
 const INCREMENTAL: &str = r#"
 WITH touched AS (
     SELECT scryfall_id, source, price_type, finish, currency, min(day) AS first_new_day, max(day) AS last_new_day
@@ -68,25 +72,22 @@ WITH touched AS (
     GROUP BY 1, 2, 3, 4, 5
 ),
 latest AS MATERIALIZED (
-    SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency,
-        CASE WHEN t.first_new_day > m.latest_day THEN t.last_new_day
-             ELSE (
-                SELECT max(p.day) FROM price_points p
-                WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
-                    = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency))
-        END AS latest_day,
-        CASE WHEN t.first_new_day > m.latest_day THEN m.points + (
-                SELECT count(*) FROM price_points p
-                WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
-                    = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency) AND p.day > m.latest_day)
-             ELSE (
-                SELECT count(*) FROM price_points p
-                WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
-                    = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency))
-        END AS points
+    SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency, c.latest_day, c.base_day, c.base_points
     FROM touched t
     LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
                                = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
+    CROSS JOIN LATERAL (
+        SELECT t.last_new_day AS latest_day, m.latest_day AS base_day, m.points::bigint AS base_points
+        WHERE t.first_new_day >= m.latest_day AND t.last_new_day - m.latest_day <= 60
+        UNION ALL
+        SELECT r.latest_day, r.latest_day, r.points
+        FROM (
+            SELECT max(p.day) AS latest_day, count(*) AS points FROM price_points p
+            WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
+                = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
+        ) r
+        WHERE NOT coalesce(t.first_new_day >= m.latest_day AND t.last_new_day - m.latest_day <= 60, false)
+    ) c
 )"#;
 
 /// From `latest` (the series to compute, with their latest day and point count), the metrics, written with
@@ -96,7 +97,8 @@ const COMPUTE: &str = r#",
 metrics AS (
     -- Per series, its last 61 days (enough for every metric: 30-day changes look back up to 60 days), read in
     -- index order, so neither the window nor the aggregates need a sort.
-    SELECT l.scryfall_id, l.source, l.price_type, l.finish, l.currency, l.latest_day, l.points, x.*
+    SELECT l.scryfall_id, l.source, l.price_type, l.finish, l.currency, l.latest_day,
+        l.base_points + x.points_after_base AS points, x.*
     FROM latest l
     CROSS JOIN LATERAL (
         SELECT (array_agg(w.price ORDER BY w.day DESC))[1] AS latest_price,
@@ -111,7 +113,8 @@ metrics AS (
             min(w.price) FILTER (WHERE w.day > l.latest_day - 30) AS low_30d,
             count(*) FILTER (WHERE w.day > l.latest_day - 30) AS points_30d,
             max(w.price) FILTER (WHERE w.day >= l.latest_day - 30 AND w.day < l.latest_day) AS prior_high_30d,
-            count(*) FILTER (WHERE w.day >= l.latest_day - 30 AND w.day < l.latest_day) AS prior_points_30d
+            count(*) FILTER (WHERE w.day >= l.latest_day - 30 AND w.day < l.latest_day) AS prior_points_30d,
+            count(*) FILTER (WHERE w.day > l.base_day) AS points_after_base
         FROM (
             SELECT p.day, p.price, lag(p.price) OVER (ORDER BY p.day) AS previous_price
             FROM price_points p
