@@ -54,6 +54,9 @@ struct Row {
     window_read: f64,
     /// ... plus rewriting every metrics row once, in a transaction rolled back.
     rewrite: f64,
+    /// Writing every metrics row into an empty copy of the table (same columns, indexes and logging), rolled
+    /// back: what a first full run pays at least for its output.
+    write: f64,
     /// After one new day for 5 % of the series.
     partial: Pass,
     partial_series: i64,
@@ -186,6 +189,21 @@ async fn window_read(pool: &PgPool) -> Result<f64> {
     Ok(best)
 }
 
+/// Writing every metrics row into an empty copy of `price_metrics`, rolled back.
+async fn write_floor(pool: &PgPool) -> Result<f64> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("CREATE TABLE bench_metrics_copy (LIKE price_metrics INCLUDING ALL)")
+        .execute(&mut *tx)
+        .await?;
+    let started = Instant::now();
+    sqlx::query("INSERT INTO bench_metrics_copy SELECT * FROM price_metrics")
+        .execute(&mut *tx)
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    tx.rollback().await?;
+    Ok(secs)
+}
+
 /// Rewriting every metrics row once, rolled back.
 async fn rewrite(pool: &PgPool) -> Result<f64> {
     let mut tx = pool.begin().await?;
@@ -224,6 +242,7 @@ async fn measure(pool: &PgPool, url: &str, dataset: String) -> Result<Row> {
     let incremental = pass(&analytics, false).await?;
     let window_read = window_read(pool).await?;
     let rewrite = rewrite(pool).await?;
+    let write = write_floor(pool).await?;
     age_runs(pool).await?;
     let partial_series = new_day(pool, 5).await?;
     let partial = pass(&analytics, false).await?;
@@ -240,6 +259,7 @@ async fn measure(pool: &PgPool, url: &str, dataset: String) -> Result<Row> {
         incremental,
         window_read,
         rewrite,
+        write,
         partial,
         partial_series,
         idle,
@@ -350,8 +370,10 @@ fn print_row(r: &Row) {
         r.full.total() / r.partial.total()
     );
     println!(
-        "  {}: 5 % of the series is {} of {}; a run with nothing new takes {} (full / that: {:.1})",
+        "  {}: writing every metrics row into an empty table takes {:.2} s ({:.1}x the scan); 5 % of the series is {} of {}; a run with nothing new takes {} (full / that: {:.1})",
         r.dataset,
+        r.write,
+        r.write / r.scan,
         r.partial_series,
         r.series,
         r.idle.show(),
