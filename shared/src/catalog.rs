@@ -207,12 +207,25 @@ pub async fn upsert_prices(
 }
 
 /// [`upsert_prices`] for rows already laid out as columns.
+///
+/// A new day's points never conflict with stored ones (the day is part of the key), and `COPY` writes them
+/// faster than any upsert: they are copied inside a savepoint first. When one of them already exists (the same
+/// day ingested again, a corrected price), the savepoint is rolled back and the batch upserted instead.
 pub async fn upsert_price_columns(
     tx: &mut Transaction<'_, Postgres>,
     columns: &PriceColumns,
 ) -> Result<u64, TaskError> {
     if columns.is_empty() {
         return Ok(0);
+    }
+    let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+    match copy_price_columns(&mut savepoint, columns).await {
+        Ok(copied) => {
+            savepoint.commit().await?;
+            return Ok(copied);
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => savepoint.rollback().await?,
+        Err(e) => return Err(e.into()),
     }
     let done = sqlx::query(
         "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
@@ -231,6 +244,39 @@ pub async fn upsert_price_columns(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// `COPY` of the batch's points (text format; the fields are uuids, dates, decimals and the fixed source, type,
+/// finish and currency names, none of which needs escaping). Returns the rows copied.
+async fn copy_price_columns(
+    conn: &mut sqlx::PgConnection,
+    columns: &PriceColumns,
+) -> Result<u64, sqlx::Error> {
+    use std::fmt::Write as _;
+    let mut payload = String::with_capacity(columns.len() * 80);
+    for i in 0..columns.len() {
+        let _ = writeln!(
+            payload,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            columns.scryfall_ids[i],
+            columns.sources[i],
+            columns.price_types[i],
+            columns.finishes[i],
+            columns.currencies[i],
+            columns.days[i],
+            columns.prices[i]
+        );
+    }
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY price_points (scryfall_id, source, price_type, finish, currency, day, price) FROM STDIN",
+        )
+        .await?;
+    if let Err(e) = copy.send(payload.into_bytes()).await {
+        let _ = copy.abort("sending failed").await;
+        return Err(e);
+    }
+    copy.finish().await
 }
 
 /// How an ingestion run ended, as its report says.
