@@ -60,10 +60,10 @@ WITH latest AS (
 )"#;
 
 /// The latest day and point count of the series with points recorded after `$1`. A series that only received
-/// its previous latest day again (a new price) or days after it (the daily case) keeps its previous count as the
-/// base, and the points after its previous latest day are counted in its window, which holds them all when they
-/// lie within 60 days of it; its latest day is the newest of them. Any other series is recounted and its latest day looked up.
-/// (A latest point is never deleted: pruning keeps each week's last point.)
+/// its previous latest day again (a new price) or days after it (the daily case) keeps its previous count as
+/// the base, and the points after its previous latest day are counted in its window, which holds them all when
+/// they lie within 60 days of it; its latest day is the newest of them. Any other series is recounted and its
+/// latest day looked up. (A latest point is never deleted: pruning keeps each week's last point.)
 const INCREMENTAL: &str = r#"
 WITH touched AS (
     SELECT scryfall_id, source, price_type, finish, currency, min(day) AS first_new_day, max(day) AS last_new_day
