@@ -189,14 +189,16 @@ async fn window_read(pool: &PgPool) -> Result<f64> {
     Ok(best)
 }
 
-/// Writing every metrics row into an empty copy of `price_metrics`, rolled back.
-async fn write_floor(pool: &PgPool) -> Result<f64> {
+/// Seconds `timed` takes after `setup`, both in one transaction that is rolled back.
+async fn rolled_back(pool: &PgPool, setup: Option<&str>, timed: &str) -> Result<f64> {
     let mut tx = pool.begin().await?;
-    sqlx::query("CREATE TABLE bench_metrics_copy (LIKE price_metrics INCLUDING ALL)")
-        .execute(&mut *tx)
-        .await?;
+    if let Some(setup) = setup {
+        sqlx::query(sqlx::AssertSqlSafe(setup))
+            .execute(&mut *tx)
+            .await?;
+    }
     let started = Instant::now();
-    sqlx::query("INSERT INTO bench_metrics_copy SELECT * FROM price_metrics")
+    sqlx::query(sqlx::AssertSqlSafe(timed))
         .execute(&mut *tx)
         .await?;
     let secs = started.elapsed().as_secs_f64();
@@ -204,16 +206,19 @@ async fn write_floor(pool: &PgPool) -> Result<f64> {
     Ok(secs)
 }
 
+/// Writing every metrics row into an empty copy of `price_metrics`, rolled back.
+async fn write_floor(pool: &PgPool) -> Result<f64> {
+    rolled_back(
+        pool,
+        Some("CREATE TABLE bench_metrics_copy (LIKE price_metrics INCLUDING ALL)"),
+        "INSERT INTO bench_metrics_copy SELECT * FROM price_metrics",
+    )
+    .await
+}
+
 /// Rewriting every metrics row once, rolled back.
 async fn rewrite(pool: &PgPool) -> Result<f64> {
-    let mut tx = pool.begin().await?;
-    let started = Instant::now();
-    sqlx::query("UPDATE price_metrics SET computed_at = now()")
-        .execute(&mut *tx)
-        .await?;
-    let secs = started.elapsed().as_secs_f64();
-    tx.rollback().await?;
-    Ok(secs)
+    rolled_back(pool, None, "UPDATE price_metrics SET computed_at = now()").await
 }
 
 /// A full run; one new day for every series and an incremental run; a new day for 5 % of the series and an
