@@ -28,6 +28,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod scryfall;
 pub mod secrets;
+pub mod series_metrics;
 pub mod tasks;
 pub mod telemetry;
 pub mod upstream;
