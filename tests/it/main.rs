@@ -14,6 +14,7 @@ mod infra;
 mod ingestion;
 mod leases;
 mod local_system;
+mod metrics_reference;
 mod mtgjson;
 mod observability;
 mod operations;

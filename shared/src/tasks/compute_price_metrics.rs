@@ -96,13 +96,14 @@ latest AS MATERIALIZED (
 )"#;
 
 /// From `latest` (the series to compute, with their latest day and the base of their point count), each
-/// series' key and the days and prices of its window: its last 61 days, in index order.
+/// series' key and the days and prices of its window: its last 61 days, in index order. Prices go as text: the
+/// binary encoding drops a zero's places, and `0.00` must stay `0.00` in the metrics.
 const WINDOWS: &str = r#"
 SELECT l.scryfall_id, l.source, l.price_type, l.finish, l.currency, l.latest_day, l.base_day, l.base_points,
     w.days, w.prices
 FROM latest l
 CROSS JOIN LATERAL (
-    SELECT array_agg(p.day) AS days, array_agg(p.price) AS prices
+    SELECT array_agg(p.day) AS days, array_agg(p.price::text) AS prices
     FROM (
         SELECT p.day, p.price FROM price_points p
         WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
@@ -117,10 +118,10 @@ CROSS JOIN LATERAL (
 /// untouched, where an upsert's `DO UPDATE ... WHERE` would still lock (and so write) each of them.
 const WRITE: &str = r#"
 WITH computed AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::date[], $7::numeric[],
-        $8::numeric[], $9::numeric[], $10::numeric[], $11::numeric[], $12::numeric[], $13::numeric[],
-        $14::numeric[], $15::numeric[], $16::float8[], $17::numeric[], $18::numeric[], $19::int[], $20::int[],
-        $21::numeric[], $22::int[])
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::date[], $7::text[]::numeric[],
+        $8::text[]::numeric[], $9::text[]::numeric[], $10::text[]::numeric[], $11::text[]::numeric[], $12::text[]::numeric[], $13::text[]::numeric[],
+        $14::text[]::numeric[], $15::text[]::numeric[], $16::float8[], $17::text[]::numeric[], $18::text[]::numeric[], $19::int[], $20::int[],
+        $21::text[]::numeric[], $22::int[])
         AS c(scryfall_id, source, price_type, finish, currency, latest_day, latest_price, change_1d, change_1d_pct,
              change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, ma_30d, volatility_30d, high_30d,
              low_30d, points_30d, points, prior_high_30d, prior_points_30d)
@@ -173,10 +174,11 @@ struct SeriesWindow {
     base_day: NaiveDate,
     base_points: i64,
     days: Option<Vec<NaiveDate>>,
-    prices: Option<Vec<Decimal>>,
+    prices: Option<Vec<String>>,
 }
 
-/// A chunk of computed metrics, a column each, as `WRITE` binds them.
+/// A chunk of computed metrics, a column each, as `WRITE` binds them. Decimals go as text: the binary encoding
+/// drops a zero's places (`0.00` would be stored as `0`).
 #[derive(Default)]
 struct Columns {
     scryfall_id: Vec<Uuid>,
@@ -185,21 +187,21 @@ struct Columns {
     finish: Vec<String>,
     currency: Vec<String>,
     latest_day: Vec<NaiveDate>,
-    latest_price: Vec<Decimal>,
-    change_1d: Vec<Option<Decimal>>,
-    change_1d_pct: Vec<Option<Decimal>>,
-    change_7d: Vec<Option<Decimal>>,
-    change_7d_pct: Vec<Option<Decimal>>,
-    change_30d: Vec<Option<Decimal>>,
-    change_30d_pct: Vec<Option<Decimal>>,
-    ma_7d: Vec<Option<Decimal>>,
-    ma_30d: Vec<Option<Decimal>>,
+    latest_price: Vec<String>,
+    change_1d: Vec<Option<String>>,
+    change_1d_pct: Vec<Option<String>>,
+    change_7d: Vec<Option<String>>,
+    change_7d_pct: Vec<Option<String>>,
+    change_30d: Vec<Option<String>>,
+    change_30d_pct: Vec<Option<String>>,
+    ma_7d: Vec<Option<String>>,
+    ma_30d: Vec<Option<String>>,
     volatility_30d: Vec<Option<f64>>,
-    high_30d: Vec<Decimal>,
-    low_30d: Vec<Decimal>,
+    high_30d: Vec<String>,
+    low_30d: Vec<String>,
     points_30d: Vec<i32>,
     points: Vec<i32>,
-    prior_high_30d: Vec<Option<Decimal>>,
+    prior_high_30d: Vec<Option<String>>,
     prior_points_30d: Vec<i32>,
 }
 
@@ -207,7 +209,16 @@ impl Columns {
     /// Computes one series' metrics into the chunk; false when its window holds nothing to compute.
     fn push(&mut self, w: SeriesWindow) -> Result<bool, TaskError> {
         let key = || format!("{} {}/{}/{}/{}", w.scryfall_id, w.source, w.price_type, w.finish, w.currency);
-        let (mut days, mut prices) = (w.days.clone().unwrap_or_default(), w.prices.clone().unwrap_or_default());
+        let mut days = w.days.clone().unwrap_or_default();
+        let mut prices = w
+            .prices
+            .iter()
+            .flatten()
+            .map(|p| Decimal::from_str_exact(p))
+            .collect::<Result<Vec<Decimal>, _>>()
+            .map_err(|e| {
+                TaskError::permanent("metrics_overflow", format!("series {}: a price is out of decimal range: {e}", key()))
+            })?;
         if !days.is_sorted() {
             let mut points: Vec<_> = days.into_iter().zip(prices).collect();
             points.sort_by_key(|&(day, _)| day);
@@ -229,21 +240,21 @@ impl Columns {
         self.finish.push(w.finish);
         self.currency.push(w.currency);
         self.latest_day.push(m.latest_day);
-        self.latest_price.push(m.latest_price);
-        self.change_1d.push(m.change_1d);
-        self.change_1d_pct.push(m.change_1d_pct);
-        self.change_7d.push(m.change_7d);
-        self.change_7d_pct.push(m.change_7d_pct);
-        self.change_30d.push(m.change_30d);
-        self.change_30d_pct.push(m.change_30d_pct);
-        self.ma_7d.push(m.ma_7d);
-        self.ma_30d.push(m.ma_30d);
+        self.latest_price.push(m.latest_price.to_string());
+        self.change_1d.push(m.change_1d.map(|d| d.to_string()));
+        self.change_1d_pct.push(m.change_1d_pct.map(|d| d.to_string()));
+        self.change_7d.push(m.change_7d.map(|d| d.to_string()));
+        self.change_7d_pct.push(m.change_7d_pct.map(|d| d.to_string()));
+        self.change_30d.push(m.change_30d.map(|d| d.to_string()));
+        self.change_30d_pct.push(m.change_30d_pct.map(|d| d.to_string()));
+        self.ma_7d.push(m.ma_7d.map(|d| d.to_string()));
+        self.ma_30d.push(m.ma_30d.map(|d| d.to_string()));
         self.volatility_30d.push(m.volatility_30d);
-        self.high_30d.push(m.high_30d);
-        self.low_30d.push(m.low_30d);
+        self.high_30d.push(m.high_30d.to_string());
+        self.low_30d.push(m.low_30d.to_string());
         self.points_30d.push(m.points_30d);
         self.points.push(points);
-        self.prior_high_30d.push(m.prior_high_30d);
+        self.prior_high_30d.push(m.prior_high_30d.map(|d| d.to_string()));
         self.prior_points_30d.push(m.prior_points_30d);
         Ok(true)
     }

@@ -1,0 +1,195 @@
+//! Every metrics row against a reference: the metric definitions of `docs/data.md` written as one plain SQL
+//! query over all of `price_points` (Postgres' own `numeric` arithmetic, window functions, no incremental
+//! bookkeeping). The function computes the metrics itself, a series at a time and incrementally; after a full
+//! run and after an incremental one over daily points, backfills and repricings, every row must read the same.
+
+use serde_json::{json, Value};
+
+use crate::analytics::functions_with_v4_history;
+use dualcaster_tools::local::function::{Invoked, LocalFunction};
+use dualcaster_tools::local::runtime_api::InvokeOutcome;
+use integration_tests::TestStack;
+
+/// The definitions, over every series: the latest day and price; the change against the latest point at least
+/// N and at most 2N days before the latest day, and its percentage of that point (2 places); the 7- and 30-day
+/// averages (4 places); the sample standard deviation of the log returns between consecutive points of the
+/// last 61 days whose return ends in the last 30; the 30-day high, low and count; the high and count of the 30
+/// days before the latest day; all points.
+const REFERENCE: &str = r#"
+CREATE TEMP TABLE reference AS
+WITH series AS (
+    SELECT p.*, max(p.day) OVER s AS latest_day, count(*) OVER s AS points
+    FROM price_points p
+    WINDOW s AS (PARTITION BY p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
+),
+recent AS (
+    SELECT s.*, lag(s.price) OVER (PARTITION BY s.scryfall_id, s.source, s.price_type, s.finish, s.currency
+                                   ORDER BY s.day) AS previous
+    FROM series s
+    WHERE s.day > s.latest_day - 61
+),
+picked AS (
+    SELECT scryfall_id, source, price_type, finish, currency, latest_day, points,
+        max(price) FILTER (WHERE day = latest_day) AS latest_price,
+        (array_agg(price ORDER BY day DESC) FILTER (WHERE day BETWEEN latest_day - 2 AND latest_day - 1))[1] AS r1,
+        (array_agg(price ORDER BY day DESC) FILTER (WHERE day BETWEEN latest_day - 14 AND latest_day - 7))[1] AS r7,
+        (array_agg(price ORDER BY day DESC) FILTER (WHERE day BETWEEN latest_day - 60 AND latest_day - 30))[1] AS r30,
+        round(avg(price) FILTER (WHERE day > latest_day - 7), 4) AS ma_7d,
+        round(avg(price) FILTER (WHERE day > latest_day - 30), 4) AS ma_30d,
+        stddev_samp(ln(price::float8 / previous::float8))
+            FILTER (WHERE day > latest_day - 30 AND previous > 0 AND price > 0) AS volatility_30d,
+        max(price) FILTER (WHERE day > latest_day - 30) AS high_30d,
+        min(price) FILTER (WHERE day > latest_day - 30) AS low_30d,
+        count(*) FILTER (WHERE day > latest_day - 30) AS points_30d,
+        max(price) FILTER (WHERE day BETWEEN latest_day - 30 AND latest_day - 1) AS prior_high_30d,
+        count(*) FILTER (WHERE day BETWEEN latest_day - 30 AND latest_day - 1) AS prior_points_30d
+    FROM recent
+    GROUP BY scryfall_id, source, price_type, finish, currency, latest_day, points
+)
+SELECT scryfall_id, source, price_type, finish, currency, latest_day, latest_price,
+    latest_price - r1 AS change_1d, round((latest_price - r1) / NULLIF(r1, 0) * 100, 2) AS change_1d_pct,
+    latest_price - r7 AS change_7d, round((latest_price - r7) / NULLIF(r7, 0) * 100, 2) AS change_7d_pct,
+    latest_price - r30 AS change_30d, round((latest_price - r30) / NULLIF(r30, 0) * 100, 2) AS change_30d_pct,
+    ma_7d, ma_30d, volatility_30d, high_30d, low_30d, points_30d, points, prior_high_30d, prior_points_30d
+FROM picked
+"#;
+
+/// The rows where the function's metrics and the reference differ: a row on one side only, a decimal whose
+/// text differs (value or places), a count, or a volatility further apart than float rounding.
+const DIFFERENCES: &str = r#"
+SELECT coalesce(r.scryfall_id, m.scryfall_id)::text || ' ' || coalesce(r.source, m.source) || '/'
+       || coalesce(r.price_type, m.price_type) || '/' || coalesce(r.finish, m.finish) || '/'
+       || coalesce(r.currency, m.currency) || ': reference ' || coalesce(row_to_json(r)::text, 'none')
+       || ', function ' || coalesce(row_to_json(m)::text, 'none')
+FROM reference r
+FULL JOIN (SELECT scryfall_id, source, price_type, finish, currency, latest_day, latest_price, change_1d,
+                  change_1d_pct, change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, ma_30d,
+                  volatility_30d, high_30d, low_30d, points_30d, points, prior_high_30d, prior_points_30d
+           FROM price_metrics) m
+    USING (scryfall_id, source, price_type, finish, currency)
+WHERE r.scryfall_id IS NULL OR m.scryfall_id IS NULL
+   OR (r.latest_day, r.latest_price::text, r.change_1d::text, r.change_1d_pct::text, r.change_7d::text,
+       r.change_7d_pct::text, r.change_30d::text, r.change_30d_pct::text, r.ma_7d::text, r.ma_30d::text,
+       r.high_30d::text, r.low_30d::text, r.points_30d, r.points, r.prior_high_30d::text, r.prior_points_30d)
+      IS DISTINCT FROM
+      (m.latest_day, m.latest_price::text, m.change_1d::text, m.change_1d_pct::text, m.change_7d::text,
+       m.change_7d_pct::text, m.change_30d::text, m.change_30d_pct::text, m.ma_7d::text, m.ma_30d::text,
+       m.high_30d::text, m.low_30d::text, m.points_30d, m.points, m.prior_high_30d::text, m.prior_points_30d)
+   OR (r.volatility_30d IS NULL) <> (m.volatility_30d IS NULL)
+   OR abs(r.volatility_30d - m.volatility_30d) > 1e-12 * greatest(1, abs(r.volatility_30d))
+LIMIT 5
+"#;
+
+async fn run(function: &LocalFunction, kwargs: Value) -> Value {
+    match function
+        .invoke(json!({"task": "compute_price_metrics", "kwargs": kwargs}))
+        .await
+        .unwrap()
+    {
+        Invoked::Outcome(InvokeOutcome::Response(report)) => report,
+        other => panic!("compute_price_metrics: {other:?}"),
+    }
+}
+
+/// The rows that differ from the reference, recomputed from the points as they are now.
+async fn differences(stack: &TestStack) -> (i64, Vec<String>) {
+    let mut conn = stack.pool.acquire().await.unwrap();
+    sqlx::query("DROP TABLE IF EXISTS reference")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(REFERENCE).execute(&mut *conn).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM reference")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let differ = sqlx::query_scalar(DIFFERENCES)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("DROP TABLE reference")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    (rows, differ)
+}
+
+#[tokio::test]
+async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incremental_runs() {
+    let stack = TestStack::start().await.unwrap();
+    let (_server, ingestion, analytics) = functions_with_v4_history(&stack).await;
+    let ingested = match ingestion
+        .invoke(json!({"task": "ingest_mtgjson_prices", "kwargs": {"file": "v4_history", "path": "v4.json"}}))
+        .await
+        .unwrap()
+    {
+        Invoked::Outcome(InvokeOutcome::Response(report)) => report,
+        other => panic!("ingest: {other:?}"),
+    };
+    assert_eq!(ingested["status"], "succeeded", "{ingested}");
+
+    let full = run(&analytics, json!({"full": true})).await;
+    assert_eq!(full["status"], "succeeded", "{full}");
+    let (rows, differ) = differences(&stack).await;
+    assert!(rows > 500, "the weekly history has {rows} series");
+    assert_eq!(full["detail"]["series"], rows, "{full}");
+    assert!(differ.is_empty(), "after the full run: {differ:#?}");
+
+    // Then a month of daily points for a third of the series (1-day changes, daily averages and returns;
+    // prices moving up to 10 % a day, some to zero and back), a point backfilled inside the window of every
+    // seventh (not the daily case: recounted), and the latest day repriced on every eleventh.
+    let changes = [
+        "WITH s AS (SELECT scryfall_id, source, price_type, finish, currency, max(day) AS latest, \
+                (array_agg(price ORDER BY day DESC))[1] AS price, \
+                row_number() OVER (ORDER BY scryfall_id, source, price_type, finish, currency) AS n \
+             FROM price_points GROUP BY 1, 2, 3, 4, 5) \
+         INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
+         SELECT scryfall_id, source, price_type, finish, currency, latest + d, \
+             CASE WHEN (n + d) % 17 = 0 THEN 0.00 \
+                  ELSE round(price * (1 + ((abs(hashint8(n * 100 + d)) % 21) - 10) / 100.0 * d / 10), 2) END \
+         FROM s, generate_series(1, 35) d WHERE n % 3 = 0",
+        "WITH s AS (SELECT scryfall_id, source, price_type, finish, currency, max(day) AS latest, \
+                row_number() OVER (ORDER BY scryfall_id, source, price_type, finish, currency) AS n \
+             FROM price_points GROUP BY 1, 2, 3, 4, 5) \
+         INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
+         SELECT scryfall_id, source, price_type, finish, currency, latest - 3, 1.23 + n % 5 \
+         FROM s WHERE n % 7 = 0 ON CONFLICT DO NOTHING",
+        "WITH s AS (SELECT scryfall_id, source, price_type, finish, currency, max(day) AS latest, \
+                row_number() OVER (ORDER BY scryfall_id, source, price_type, finish, currency) AS n \
+             FROM price_points GROUP BY 1, 2, 3, 4, 5) \
+         UPDATE price_points p SET price = p.price + 0.05, recorded_at = now() FROM s \
+         WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency, p.day) \
+             = (s.scryfall_id, s.source, s.price_type, s.finish, s.currency, s.latest) AND s.n % 11 = 0",
+    ];
+    let before: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+    for change in changes {
+        sqlx::query(change).execute(&stack.pool).await.unwrap();
+    }
+    let touched: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT DISTINCT scryfall_id, source, price_type, finish, currency \
+         FROM price_points WHERE recorded_at >= $1) s",
+    )
+    .bind(before)
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    let incremental = run(&analytics, json!({})).await;
+    assert_eq!(incremental["status"], "succeeded", "{incremental}");
+    assert_eq!(incremental["detail"]["full"], false, "{incremental}");
+    assert_eq!(incremental["detail"]["series"], touched, "{incremental}");
+    let (rows_after, differ) = differences(&stack).await;
+    assert_eq!(rows_after, rows);
+    assert!(differ.is_empty(), "after the incremental run: {differ:#?}");
+    let with_1d_change: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM price_metrics WHERE change_1d IS NOT NULL")
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+    assert!(
+        with_1d_change > 100,
+        "{with_1d_change} series have a 1-day change"
+    );
+}
