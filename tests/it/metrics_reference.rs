@@ -2,10 +2,13 @@
 //! query over all of `price_points` (Postgres' own `numeric` arithmetic, window functions, no incremental
 //! bookkeeping). The function computes the metrics itself, a series at a time and incrementally; after a full
 //! run and after an incremental one over daily points, backfills and repricings, every row must read the same.
+//! The full run goes through a function with one database connection (a cursor reads the windows), the
+//! incremental one through a function with two (a reader on the second connection streams them).
 
 use serde_json::{json, Value};
 
 use crate::analytics::functions_with_v4_history;
+use dualcaster::queue::Queue;
 use dualcaster_tools::local::function::{Invoked, LocalFunction};
 use dualcaster_tools::local::runtime_api::InvokeOutcome;
 use integration_tests::TestStack;
@@ -128,7 +131,11 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
     };
     assert_eq!(ingested["status"], "succeeded", "{ingested}");
 
-    let full = run(&analytics, json!({"full": true})).await;
+    let one_connection = stack
+        .function(Queue::Analytics, &[("DD_DB_MAX_CONNECTIONS", "1")])
+        .await
+        .unwrap();
+    let full = run(&one_connection, json!({"full": true})).await;
     assert_eq!(full["status"], "succeeded", "{full}");
     let (rows, differ) = differences(&stack).await;
     assert!(rows > 500, "the weekly history has {rows} series");
