@@ -67,6 +67,11 @@ latest AS (
                                = (c.scryfall_id, c.source, c.price_type, c.finish, c.currency)
 )"#;
 
+/// How a separate reader plans `FULL`: the series are counted in key order by a grouped index scan rather than
+/// hashed over the whole table, so the first chunk reaches the writer at once instead of after every point
+/// has been counted (on the v4 history the count takes about 0.5 s; the whole read is no slower).
+const FULL_READER: &[&str] = &["SET LOCAL enable_hashagg = off", "SET LOCAL enable_sort = off"];
+
 /// The latest day and point count of the series with points recorded after `$1`. A series that only received
 /// its previous latest day again (a new price) or days after it (the daily case) keeps its previous count as
 /// the base, and the points after its previous latest day are counted in its window, which holds them all when
@@ -125,8 +130,8 @@ impl Task for ComputePriceMetrics {
         let mark = Watermark::read(&mut tx, WATERMARK).await?;
         let full = args.full || mark.since.is_none();
         let (series, changed) = match mark.since {
-            Some(since) if !full => series_metrics::store::compute_and_write(ctx.db(), &mut tx, INCREMENTAL, Some(since)).await?,
-            _ => series_metrics::store::compute_and_write(ctx.db(), &mut tx, FULL, None).await?,
+            Some(since) if !full => series_metrics::store::compute_and_write(ctx.db(), &mut tx, INCREMENTAL, Some(since), &[]).await?,
+            _ => series_metrics::store::compute_and_write(ctx.db(), &mut tx, FULL, None, FULL_READER).await?,
         };
         mark.advance(&mut tx).await?;
         tx.commit().await?;
