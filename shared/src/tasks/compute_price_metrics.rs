@@ -3,10 +3,11 @@
 //! 30-day volatility (standard deviation of log returns), 30-day high and low, and point counts.
 //!
 //! Over only the series that received points since the last run (incremental; `full` recomputes every series):
-//! Postgres selects the series and hands over each one's last 61 days of points as two arrays, through a
-//! cursor; the metrics are computed here ([`crate::series_metrics`], exact decimal arithmetic) and written back
-//! a chunk at a time, touching only the rows whose values changed. Computing them in SQL cost 35-90 us per
-//! series in the aggregate executor, several times the cost of reading the window (`docs/benchmarks.md`).
+//! Postgres selects the series and hands over each one's last 61 days of points as two arrays; the metrics are
+//! computed here ([`crate::series_metrics`], exact decimal arithmetic) and written back a chunk at a time,
+//! touching only the rows whose values changed, while the next chunk is read ([`crate::series_metrics::store`]).
+//! Computing them in SQL cost 35-90 us per series in the aggregate executor, several times the cost of reading
+//! the window (`docs/benchmarks.md`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
