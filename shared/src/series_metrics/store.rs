@@ -19,14 +19,14 @@ use uuid::Uuid;
 use crate::error::TaskError;
 
 /// From `latest` (the series to compute, with their latest day and the base of their point count), each
-/// series' key and the days and prices of its window: its last 61 days, in index order. Prices go as text: the
-/// binary encoding drops a zero's places, and `0.00` must stay `0.00` in the metrics.
+/// series' key and the days and prices of its window: its last 61 days, in index order. Each price comes with
+/// its scale: the binary decoding drops a zero's places, and `0.00` must stay `0.00` in the metrics.
 pub const WINDOWS: &str = r#"
 SELECT l.scryfall_id, l.source, l.price_type, l.finish, l.currency, l.latest_day, l.base_day, l.base_points,
-    l.has_row, w.days, w.prices
+    l.has_row, w.days, w.prices, w.scales
 FROM latest l
 CROSS JOIN LATERAL (
-    SELECT array_agg(p.day) AS days, array_agg(p.price::text) AS prices
+    SELECT array_agg(p.day) AS days, array_agg(p.price) AS prices, array_agg(scale(p.price)) AS scales
     FROM (
         SELECT p.day, p.price FROM price_points p
         WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
@@ -88,7 +88,7 @@ SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted)
 "#;
 
 /// How many series are read, computed and written at a time: memory stays bounded at any catalog size.
-const CHUNK: usize = 5000;
+const CHUNK: usize = 2000;
 
 /// One series of the windows' cursor: its key, latest day, the base of its point count, and its window.
 #[derive(sqlx::FromRow)]
@@ -103,7 +103,8 @@ struct SeriesWindow {
     base_points: i64,
     has_row: bool,
     days: Option<Vec<NaiveDate>>,
-    prices: Option<Vec<String>>,
+    prices: Option<Vec<Decimal>>,
+    scales: Option<Vec<i32>>,
 }
 
 /// A chunk of computed metrics, a column each, as `WRITE` binds them. Decimals go as text: the binary encoding
@@ -137,26 +138,18 @@ struct Columns {
 
 impl Columns {
     /// Computes one series' metrics into the chunk; false when its window holds nothing to compute.
-    fn push(&mut self, w: SeriesWindow) -> Result<bool, TaskError> {
+    fn push(&mut self, mut w: SeriesWindow) -> Result<bool, TaskError> {
         let key = || {
             format!(
                 "{} {}/{}/{}/{}",
                 w.scryfall_id, w.source, w.price_type, w.finish, w.currency
             )
         };
-        let mut days = w.days.clone().unwrap_or_default();
-        let mut prices = w
-            .prices
-            .iter()
-            .flatten()
-            .map(|p| Decimal::from_str_exact(p))
-            .collect::<Result<Vec<Decimal>, _>>()
-            .map_err(|e| {
-                TaskError::permanent(
-                    "metrics_overflow",
-                    format!("series {}: a price is out of decimal range: {e}", key()),
-                )
-            })?;
+        let mut days = w.days.take().unwrap_or_default();
+        let mut prices = w.prices.take().unwrap_or_default();
+        for (price, scale) in prices.iter_mut().zip(w.scales.iter().flatten()) {
+            price.rescale(u32::try_from(*scale).unwrap_or(0));
+        }
         if !days.is_sorted() {
             let mut points: Vec<_> = days.into_iter().zip(prices).collect();
             points.sort_by_key(|&(day, _)| day);
