@@ -6,13 +6,16 @@
 //! deadline or a broken download resumes exactly after the last applied batch. A version already ingested
 //! is skipped; malformed card objects are counted, logged with their id and skipped.
 
-use std::sync::atomic::Ordering;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::oneshot;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::catalog::{
@@ -80,11 +83,23 @@ pub struct IngestReport {
     pub printings_changed: u64,
     pub prices_changed: u64,
     pub malformed: u64,
-    /// Time spent writing to Postgres (the rest is download and parsing, which overlap with it).
+    /// Time the batches' transactions took, summed over the connections writing them (the rest is download
+    /// and parsing, which overlap with it; two batches in flight at once count twice).
     pub db_ms: u64,
     /// The follow-up message's envelope id, when the run continues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continuation: Option<String>,
+}
+
+impl IngestReport {
+    fn add(&mut self, written: &WrittenBatch) {
+        self.cursor = written.cursor;
+        self.db_ms += written.elapsed.as_millis() as u64;
+        self.cards += written.counts.items;
+        self.printings_changed += written.counts.printings;
+        self.prices_changed += written.counts.prices;
+        self.malformed += written.counts.malformed;
+    }
 }
 
 impl TaskReport for IngestReport {
@@ -130,6 +145,100 @@ fn parse_batch(batch: Vec<json_stream::Item>, day: chrono::NaiveDate) -> ParsedB
     }
     parsed.prices = PriceColumns::new(&prices);
     parsed
+}
+
+/// A batch applied: its counts, the cursor after it, and how long its transaction took.
+struct WrittenBatch {
+    counts: BatchCounts,
+    cursor: u64,
+    elapsed: Duration,
+}
+
+/// Writes parsed batches, each in its own transaction with the run's cursor, up to two at a time when the pool
+/// can lend two connections: one backend inserts batch N+1's rows while the other finishes batch N. They still
+/// commit in file order, which the cursor relies on: a batch moves the cursor only after the batch before it
+/// has committed, and not at all when that one failed.
+struct BatchWrites {
+    pool: sqlx::PgPool,
+    run: IngestionRun,
+    depth: usize,
+    in_flight: VecDeque<tokio::task::JoinHandle<Result<WrittenBatch, TaskError>>>,
+    /// Fires when the newest batch in flight has committed (dropped unsent when it failed).
+    last_commit: Option<oneshot::Receiver<()>>,
+    /// Whether printings are still copied before they are upserted ([`upsert_printings`]).
+    copy_printings: Arc<AtomicBool>,
+}
+
+impl BatchWrites {
+    fn new(pool: &sqlx::PgPool, run: &IngestionRun) -> BatchWrites {
+        let depth = if pool.options().get_max_connections() >= 2 { 2 } else { 1 };
+        BatchWrites {
+            pool: pool.clone(),
+            run: run.clone(),
+            depth,
+            in_flight: VecDeque::new(),
+            last_commit: None,
+            copy_printings: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Waits for the oldest write when as many are in flight as may be; `None` once there is room.
+    async fn make_room(&mut self) -> Result<Option<WrittenBatch>, TaskError> {
+        if self.in_flight.len() < self.depth {
+            return Ok(None);
+        }
+        self.next_done().await
+    }
+
+    /// The oldest write's result, `None` when none is in flight. An error aborts the writes after it.
+    async fn next_done(&mut self) -> Result<Option<WrittenBatch>, TaskError> {
+        let Some(handle) = self.in_flight.pop_front() else {
+            return Ok(None);
+        };
+        let done = handle
+            .await
+            .map_err(|e| TaskError::permanent(class::TASK_FAILED, format!("writing a batch failed: {e}")))
+            .and_then(|written| written);
+        if done.is_err() {
+            self.in_flight.drain(..).for_each(|later| later.abort());
+        }
+        done.map(Some)
+    }
+
+    fn start(&mut self, batch: ParsedBatch) {
+        let (committed, commit_seen) = oneshot::channel();
+        let after = self.last_commit.replace(commit_seen);
+        let (pool, run, copy_printings) = (self.pool.clone(), self.run.clone(), self.copy_printings.clone());
+        self.in_flight.push_back(tokio::spawn(write_batch(pool, run, batch, copy_printings, after, committed)));
+    }
+}
+
+async fn write_batch(
+    pool: sqlx::PgPool,
+    run: IngestionRun,
+    batch: ParsedBatch,
+    copy_printings: Arc<AtomicBool>,
+    after: Option<oneshot::Receiver<()>>,
+    committed: oneshot::Sender<()>,
+) -> Result<WrittenBatch, TaskError> {
+    let started = std::time::Instant::now();
+    let mut tx = pool.begin().await?;
+    // The batch and the cursor commit together, so a commit lost in a crash loses both and the resumed run
+    // applies the batch again: safe to let Postgres acknowledge before the WAL flush.
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    let printings = upsert_printings(&mut tx, &batch.printings, &copy_printings).await?;
+    let prices = upsert_price_columns(&mut tx, &batch.prices).await?;
+    if let Some(previous) = after {
+        // Dropping `tx` rolls this batch back: the cursor must not pass a batch that was never applied.
+        previous.await.map_err(|_| {
+            TaskError::retryable(class::TASK_FAILED, "not applied: the batch before it failed".to_owned())
+        })?;
+    }
+    let counts = BatchCounts { items: batch.items, printings, prices, malformed: batch.malformed };
+    let cursor = run.advance(&mut tx, counts).await?;
+    tx.commit().await?;
+    let _ = committed.send(());
+    Ok(WrittenBatch { counts, cursor, elapsed: started.elapsed() })
 }
 
 impl Task for IngestScryfallBulk {
@@ -201,8 +310,10 @@ impl Task for IngestScryfallBulk {
         let reserve = ctx.settings().ingest_reserve;
         let mut stopped = false;
 
-        // Two stages: the next batch's card objects are parsed on a blocking thread while the previous batch
-        // is written, so parsing and Postgres overlap.
+        // Three stages: the next batch's card objects are parsed on a blocking thread while earlier batches are
+        // written, and with two connections batch N+1's rows go in while batch N finishes and commits
+        // (`BatchWrites`), so parsing and two Postgres backends overlap.
+        let mut writes = BatchWrites::new(ctx.db(), &run);
         let mut parsing: Option<tokio::task::JoinHandle<ParsedBatch>> = None;
         loop {
             let next = batches.recv().await;
@@ -221,32 +332,21 @@ impl Task for IngestScryfallBulk {
                 }
                 continue;
             };
-            let db_started = std::time::Instant::now();
-            let mut tx = ctx.db().begin().await?;
-            // The batch and the cursor commit together, so a commit lost in a crash loses both and the resumed
-            // run applies the batch again: safe to let Postgres acknowledge before the WAL flush.
-            sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-            let printings_changed = upsert_printings(&mut tx, &parsed.printings).await?;
-            let prices_changed = upsert_price_columns(&mut tx, &parsed.prices).await?;
-            let counts = BatchCounts {
-                items: parsed.items,
-                printings: printings_changed,
-                prices: prices_changed,
-                malformed: parsed.malformed,
-            };
-            report.cursor = run.advance(&mut tx, counts).await?;
-            tx.commit().await?;
-            report.db_ms += db_started.elapsed().as_millis() as u64;
-            report.cards += counts.items;
-            report.printings_changed += printings_changed;
-            report.prices_changed += prices_changed;
-            report.malformed += parsed.malformed;
-            progress.update(bytes_read.load(Ordering::Relaxed));
-            if ctx.remaining() < reserve {
-                // A batch still being parsed is not applied: the cursor says where the follow-up resumes.
-                stopped = true;
+            while let Some(written) = writes.make_room().await? {
+                report.add(&written);
+                progress.update(bytes_read.load(Ordering::Relaxed));
+                stopped |= ctx.remaining() < reserve;
+            }
+            if stopped {
+                // Neither this batch nor one still being parsed is applied: the cursor says where the
+                // follow-up resumes.
                 break;
             }
+            writes.start(parsed);
+        }
+        while let Some(written) = writes.next_done().await? {
+            report.add(&written);
+            progress.update(bytes_read.load(Ordering::Relaxed));
         }
         drop(batches);
         let end = reader_done.await.unwrap_or_else(|e| StreamEnd::Corrupt(format!("reader thread failed: {e}")));

@@ -119,6 +119,9 @@ pub enum Command {
         /// Cards per transaction in the ingestion.
         #[arg(long, default_value_t = 1000)]
         batch_size: u32,
+        /// Rounds per size (ingestion then COPY, each into an empty catalog); the best time of each side counts.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        rounds: u32,
     },
     /// Time metrics + signals, full and incremental, over the real v4 history and a generated history,
     /// against one sequential scan of the points.

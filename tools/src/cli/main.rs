@@ -95,7 +95,8 @@ async fn execute(cli: Cli) -> Result<()> {
             cards,
             sample,
             batch_size,
-        } => bench::bench_ingest(&cards, &sample, batch_size).await,
+            rounds,
+        } => bench::bench_ingest(&cards, &sample, batch_size, rounds).await,
         Command::BenchAnalytics {
             history,
             printings,
