@@ -168,12 +168,16 @@ impl From<sqlx::Error> for TaskError {
 }
 
 /// SQLSTATEs that describe the server's state rather than the statement: connection exceptions (08),
-/// serialization failure and deadlock (40001, 40P01), insufficient resources (53), operator intervention
-/// such as a shutdown or a server still starting (57P01-57P03).
+/// serialization failure and deadlock (40001, 40P01), a lock not granted within `lock_timeout` (55P03),
+/// insufficient resources (53), operator intervention such as a shutdown or a server still starting
+/// (57P01-57P03).
 fn is_transient_sqlstate(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
-        || matches!(code, "40001" | "40P01" | "57P01" | "57P02" | "57P03")
+        || matches!(
+            code,
+            "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
+        )
 }
 
 /// Classifies an AWS SDK error: transport failures, timeouts, throttling and 5xx are retryable.
@@ -259,7 +263,7 @@ mod tests {
     #[test]
     fn transient_sqlstates() {
         for code in [
-            "08006", "08001", "40001", "40P01", "53300", "57P01", "57P03",
+            "08006", "08001", "40001", "40P01", "55P03", "53300", "57P01", "57P03",
         ] {
             assert!(is_transient_sqlstate(code), "{code} should be transient");
         }

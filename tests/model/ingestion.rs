@@ -1,7 +1,7 @@
 //! Scryfall ingestion against a straightforward computation over the same input: generated bulk files of
 //! Scryfall-shaped card objects (prices as strings, as JSON numbers as the 2022-23 files had them, null or
-//! missing; odd collector numbers; double-faced cards with their images on the faces; duplicated ids;
-//! malformed objects among them) go through the real ingestion function, in generated batch sizes, and the
+//! missing; odd collector numbers; names with tabs, line breaks and backslashes; double-faced cards with their
+//! images on the faces; duplicated ids; malformed objects among them) go through the real ingestion function, in generated batch sizes, and the
 //! catalog must hold what a plain reading of the file says, by the ingestion's contract:
 //! - every well-formed card object is a printing; of objects with the same id the last one in the file wins;
 //! - each non-null price is the day's `scryfall` retail quote for its finish and currency (`usd` nonfoil USD,
@@ -87,6 +87,8 @@ fn card() -> impl Strategy<Value = Card> {
         "[A-Z]{2,3}[0-9]{1,2}",
         (1u32..50).prop_map(|n| format!("{n}†")),
     ];
+    // Names also carry what `COPY`'s text format must escape (tab, newline, carriage return, backslash).
+    let name = prop_oneof![3 => "\\PC{1,24}", 1 => "[a-z \\\\\t\r\n\"{},]{1,12}"];
     let finishes = prop::sample::subsequence(vec!["nonfoil", "foil", "etched"], 0..=3);
     let defect = prop_oneof![
         20 => Just(None),
@@ -97,7 +99,7 @@ fn card() -> impl Strategy<Value = Card> {
         1 => Just(Some("not an object")),
     ];
     (
-        (0usize..40, "\\PC{1,24}", "[a-zA-Z0-9]{3,5}", number),
+        (0usize..40, name, "[a-zA-Z0-9]{3,5}", number),
         (
             prop::sample::select(vec!["common", "uncommon", "rare", "mythic", "special"]),
             finishes,

@@ -6,7 +6,7 @@
 //! deadline or a broken download resumes exactly after the last applied batch. A version already ingested
 //! is skipped; malformed card objects are counted, logged with their id and skipped.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
+use uuid::Uuid;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::catalog::{
@@ -158,6 +159,11 @@ struct WrittenBatch {
 /// can lend two connections: one backend inserts batch N+1's rows while the other finishes batch N. They still
 /// commit in file order, which the cursor relies on: a batch moves the cursor only after the batch before it
 /// has committed, and not at all when that one failed.
+///
+/// Batch N+1 waits for batch N's commit, so it must never hold a row N waits for: a batch that shares a
+/// printing with the one before it (an id repeated across the boundary) starts only once that one has
+/// committed. Locks taken by other writers are bounded by `lock_timeout`, which ends a wait in a retryable
+/// error rather than a hang.
 struct BatchWrites {
     pool: sqlx::PgPool,
     run: IngestionRun,
@@ -167,6 +173,8 @@ struct BatchWrites {
     last_commit: Option<oneshot::Receiver<()>>,
     /// Whether printings are still copied before they are upserted ([`upsert_printings`]).
     copy_printings: Arc<AtomicBool>,
+    /// The printings of the newest batch in flight.
+    last_ids: HashSet<Uuid>,
 }
 
 impl BatchWrites {
@@ -179,12 +187,15 @@ impl BatchWrites {
             in_flight: VecDeque::new(),
             last_commit: None,
             copy_printings: Arc::new(AtomicBool::new(true)),
+            last_ids: HashSet::new(),
         }
     }
 
-    /// Waits for the oldest write when as many are in flight as may be; `None` once there is room.
-    async fn make_room(&mut self) -> Result<Option<WrittenBatch>, TaskError> {
-        if self.in_flight.len() < self.depth {
+    /// Waits for the oldest write when `next` may not start yet: as many are in flight as may be, or `next`
+    /// shares a printing with the newest one. `None` once it may start.
+    async fn make_room(&mut self, next: &ParsedBatch) -> Result<Option<WrittenBatch>, TaskError> {
+        let shares = || next.printings.iter().any(|p| self.last_ids.contains(&p.scryfall_id));
+        if self.in_flight.is_empty() || (self.in_flight.len() < self.depth && !shares()) {
             return Ok(None);
         }
         self.next_done().await
@@ -206,6 +217,7 @@ impl BatchWrites {
     }
 
     fn start(&mut self, batch: ParsedBatch) {
+        self.last_ids = batch.printings.iter().map(|p| p.scryfall_id).collect();
         let (committed, commit_seen) = oneshot::channel();
         let after = self.last_commit.replace(commit_seen);
         let (pool, run, copy_printings) = (self.pool.clone(), self.run.clone(), self.copy_printings.clone());
@@ -225,7 +237,9 @@ async fn write_batch(
     let mut tx = pool.begin().await?;
     // The batch and the cursor commit together, so a commit lost in a crash loses both and the resumed run
     // applies the batch again: safe to let Postgres acknowledge before the WAL flush.
-    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    sqlx::raw_sql("SET LOCAL synchronous_commit = off; SET LOCAL lock_timeout = '60s'")
+        .execute(&mut *tx)
+        .await?;
     let printings = upsert_printings(&mut tx, &batch.printings, &copy_printings).await?;
     let prices = upsert_price_columns(&mut tx, &batch.prices).await?;
     if let Some(previous) = after {
@@ -314,6 +328,7 @@ impl Task for IngestScryfallBulk {
         // written, and with two connections batch N+1's rows go in while batch N finishes and commits
         // (`BatchWrites`), so parsing and two Postgres backends overlap.
         let mut writes = BatchWrites::new(ctx.db(), &run);
+        let mut started = 0u64;
         let mut parsing: Option<tokio::task::JoinHandle<ParsedBatch>> = None;
         loop {
             let next = batches.recv().await;
@@ -332,17 +347,19 @@ impl Task for IngestScryfallBulk {
                 }
                 continue;
             };
-            while let Some(written) = writes.make_room().await? {
+            while let Some(written) = writes.make_room(&parsed).await? {
                 report.add(&written);
                 progress.update(bytes_read.load(Ordering::Relaxed));
-                stopped |= ctx.remaining() < reserve;
             }
-            if stopped {
+            // A batch starts only while the reserve remains, after the first: every invocation makes progress.
+            if started > 0 && ctx.remaining() < reserve {
                 // Neither this batch nor one still being parsed is applied: the cursor says where the
                 // follow-up resumes.
+                stopped = true;
                 break;
             }
             writes.start(parsed);
+            started += 1;
         }
         while let Some(written) = writes.next_done().await? {
             report.add(&written);

@@ -2,15 +2,18 @@
 //! `"data"` object (an MTGJSON file), handed over in batches while the download is still arriving. Only one
 //! batch is ever held; the file never is.
 //!
-//! The parser is serde_json's, driven element by element through a `SeqAccess`/`MapAccess` visitor on a
-//! blocking thread that reads the async body through `SyncIoBridge`.
+//! Both run on a blocking thread that reads the async body through `SyncIoBridge`. An array's elements are
+//! found by a byte scanner and each validated by serde_json ([`array`]); a data object is parsed by
+//! serde_json, driven entry by entry through a `MapAccess` visitor.
+
+mod array;
 
 use std::fmt;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
@@ -159,11 +162,7 @@ pub fn read_all<R: Read>(
     batch: usize,
     tx: &mpsc::Sender<Vec<Item>>,
 ) -> StreamEnd {
-    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(
-        256 * 1024,
-        reader,
-    ));
-    let sink = Sink {
+    let mut sink = Sink {
         tx,
         skip,
         batch,
@@ -171,10 +170,17 @@ pub fn read_all<R: Read>(
         seen: 0,
     };
     let result = match shape {
-        Shape::Array => de.deserialize_seq(ArrayVisitor(sink)),
-        Shape::DataObject => de.deserialize_map(TopVisitor(sink, None)),
+        Shape::Array => array::read(reader, &mut sink),
+        Shape::DataObject => {
+            let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(
+                256 * 1024,
+                reader,
+            ));
+            de.deserialize_map(TopVisitor(sink, None))
+                .and_then(|n| de.end().map(|()| n))
+        }
     };
-    finish(result.and_then(|n| de.end().map(|()| n)))
+    finish(result)
 }
 
 struct Sink<'a> {
@@ -200,32 +206,6 @@ impl Sink<'_> {
         }
         let full = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.batch));
         self.tx.blocking_send(full).map_err(|_| E::custom(STOPPED))
-    }
-}
-
-struct ArrayVisitor<'a>(Sink<'a>);
-
-impl<'de> Visitor<'de> for ArrayVisitor<'_> {
-    type Value = u64;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON array")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<u64, A::Error> {
-        let sink = &mut self.0;
-        while sink.seen < sink.skip {
-            if seq.next_element::<IgnoredAny>()?.is_none() {
-                return Ok(sink.seen);
-            }
-            sink.seen += 1;
-        }
-        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-            sink.seen += 1;
-            sink.push::<A::Error>(Item { key: None, raw })?;
-        }
-        sink.flush::<A::Error>()?;
-        Ok(sink.seen)
     }
 }
 
