@@ -87,6 +87,12 @@ inserted AS (
 SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted)
 "#;
 
+/// The writing transaction's plan for [`WRITE`]: each chunk's rows are found by the metrics table's primary key
+/// (a nested loop of index probes, in key order). Left to itself the planner hashes the whole metrics table for
+/// every chunk, which on 60,000 series made an incremental run's writes three times the cost of rewriting every
+/// row once. Applied after the reader's plan is made, and only to the writer's transaction.
+const WRITER_SETTINGS: &str = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
 /// How many series are read, computed and written at a time: memory stays bounded at any catalog size.
 const CHUNK: usize = 2000;
 
@@ -297,6 +303,7 @@ async fn pipelined(
     for setting in reader_settings {
         sqlx::query(*setting).execute(&mut *rtx).await?;
     }
+    sqlx::raw_sql(WRITER_SETTINGS).execute(&mut **tx).await?;
     let (chunks_out, mut chunks_in) = tokio::sync::mpsc::channel::<Columns>(2);
     let read = async {
         let chunks_out = chunks_out;
@@ -342,6 +349,7 @@ async fn through_a_cursor(
         query = query.bind(since);
     }
     query.execute(&mut **tx).await?;
+    sqlx::raw_sql(WRITER_SETTINGS).execute(&mut **tx).await?;
     let fetch = format!("FETCH {CHUNK} FROM series_windows");
     let (mut series, mut changed) = (0u64, 0u64);
     loop {
