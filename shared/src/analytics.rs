@@ -1,10 +1,10 @@
-//! What the analytics tasks share: the watermark that lets each run look only at what changed since the
-//! previous one.
+//! What the analytics tasks share: their transaction's settings, and the watermark that lets each run look
+//! only at what changed since the previous one.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::context::Enqueue;
 use crate::envelope::Envelope;
@@ -12,6 +12,19 @@ use crate::error::TaskError;
 use crate::queue::Queue;
 use crate::registry::{Idempotency, OnDuplicate, SingleInstance};
 use crate::retry::RetryPolicy;
+
+/// What every analytics transaction sets for itself: room for a full run's aggregates in memory, and no JIT.
+/// Postgres compiles a plan's expressions with LLVM once its estimated cost passes `jit_above_cost`, which these
+/// set-based statements' estimates do: on the v4 history the compilation took 0.46 s of a 1.4 s read of the
+/// metrics windows, all of it before the first row, in statements that run for a second or two.
+pub const SESSION: &str = "SET LOCAL work_mem = '64MB'; SET LOCAL jit = off";
+
+/// Begins an analytics step's transaction, with [`SESSION`].
+pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, TaskError> {
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql(SESSION).execute(&mut *tx).await?;
+    Ok(tx)
+}
 
 /// How every analytics step retries.
 pub const RETRY: RetryPolicy =

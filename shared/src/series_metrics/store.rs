@@ -297,7 +297,7 @@ async fn pipelined(
     )))
     .execute(&mut *rtx)
     .await?;
-    sqlx::query("SET LOCAL work_mem = '64MB'")
+    sqlx::raw_sql(crate::analytics::SESSION)
         .execute(&mut *rtx)
         .await?;
     for setting in reader_settings {

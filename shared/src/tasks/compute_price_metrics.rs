@@ -125,9 +125,7 @@ impl Task for ComputePriceMetrics {
     type Report = PriceMetricsReport;
 
     async fn run(args: ComputePriceMetricsArgs, ctx: TaskContext) -> Result<PriceMetricsReport, TaskError> {
-        let mut tx = ctx.db().begin().await?;
-        // A full run's aggregate over every series stays in memory (for this transaction only).
-        sqlx::query("SET LOCAL work_mem = '64MB'").execute(&mut *tx).await?;
+        let mut tx = analytics::begin(ctx.db()).await?;
         let mark = Watermark::read(&mut tx, WATERMARK).await?;
         let full = args.full || mark.since.is_none();
         let (series, changed) = match mark.since {

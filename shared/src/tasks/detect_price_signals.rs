@@ -153,7 +153,7 @@ impl Task for DetectPriceSignals {
     type Report = SignalsReport;
 
     async fn run(args: DetectSignalsArgs, ctx: TaskContext) -> Result<SignalsReport, TaskError> {
-        let mut tx = ctx.db().begin().await?;
+        let mut tx = analytics::begin(ctx.db()).await?;
         let mark = Watermark::read(&mut tx, WATERMARK).await?;
         let full = args.full || mark.since.is_none();
         let since = mark.since.unwrap_or(DateTime::UNIX_EPOCH);

@@ -179,7 +179,7 @@ impl Task for GenerateRecommendations {
     type Report = RecommendationsReport;
 
     async fn run(args: GenerateRecommendationsArgs, ctx: TaskContext) -> Result<RecommendationsReport, TaskError> {
-        let mut tx = ctx.db().begin().await?;
+        let mut tx = analytics::begin(ctx.db()).await?;
         let mark = Watermark::read(&mut tx, WATERMARK).await?;
         let full = args.full || mark.since.is_none();
         let since = mark.since.unwrap_or(DateTime::UNIX_EPOCH);
