@@ -20,6 +20,8 @@ pub mod metrics;
 pub mod migrations;
 pub mod mtgjson;
 pub mod ops;
+pub mod pg_copy;
+pub mod pg_numeric;
 pub mod queue;
 pub mod registry;
 pub mod report;

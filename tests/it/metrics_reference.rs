@@ -200,3 +200,35 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
         "{with_1d_change} series have a 1-day change"
     );
 }
+
+/// Prices and metrics are read as binary `numeric` ([`dualcaster::pg_numeric::PgDecimal`]): every value, with
+/// every number of places up to 12, from 12 digits before the point to 12 after, signed, zeros and trailing
+/// zeros included, must read as Postgres itself prints it.
+#[tokio::test]
+async fn binary_numerics_read_as_postgres_prints_them() {
+    use dualcaster::pg_numeric::PgDecimal;
+    let stack = TestStack::start().await.unwrap();
+    let values: Vec<(Vec<PgDecimal>, Vec<String>)> = sqlx::query_as(
+        "WITH v AS ( \
+             SELECT round((hashint8(i) % 1000000000000)::numeric / 10::numeric ^ (i % 25), i % 13) \
+                 * CASE WHEN i % 3 = 0 THEN -1 ELSE 1 END AS n \
+             FROM generate_series(1, 5000) i \
+             UNION ALL SELECT x::numeric FROM unnest(ARRAY['0', '0.00', '-0.000', '10000', '10000.0000', \
+                 '0.0001', '99999999.99999999', '123456789012345678901234567.8']) x \
+         ) \
+         SELECT array_agg(n), array_agg(n::text) FROM v",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap();
+    let (binary, text) = &values[0];
+    assert_eq!(binary.len(), 5008);
+    let zero_places = binary
+        .iter()
+        .filter(|d| d.0.is_zero() && d.0.scale() > 0)
+        .count();
+    assert!(zero_places >= 2, "zeros with places: {zero_places}");
+    for (read, printed) in binary.iter().zip(text) {
+        assert_eq!(read.0.to_string(), *printed);
+    }
+}

@@ -1,7 +1,8 @@
 //! Reading series' windows from Postgres and writing their metrics back, a chunk at a time.
 //!
 //! The task says which series to compute (a query that ends in a CTE `latest`); the windows are read with
-//! [`WINDOWS`], computed with [`super::compute`] and written with [`WRITE`]. When the pool can lend a second
+//! [`WINDOWS`], computed with [`super::compute`] and written with `COPY`: new series' rows straight into the
+//! table, recomputed ones into a temporary table applied at the end ([`APPLY`]). When the pool can lend a second
 //! connection, reading, computing and writing overlap: a reader on that connection, in a transaction that
 //! imports the writing transaction's snapshot (so it sees exactly what a cursor in the writer would), streams
 //! the windows while the writer writes the previous chunk. Otherwise a cursor in the writing transaction reads
@@ -17,16 +18,18 @@ use sqlx::{Connection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::TaskError;
+use crate::pg_copy::CopyRows;
+use crate::pg_numeric::PgDecimal;
 
 /// From `latest` (the series to compute, with their latest day and the base of their point count), each
-/// series' key and the days and prices of its window: its last 61 days, in index order. Each price comes with
-/// its scale: the binary decoding drops a zero's places, and `0.00` must stay `0.00` in the metrics.
+/// series' key and the days and prices of its window: its last 61 days, in index order. The prices are read
+/// with their scale ([`PgDecimal`]): `0.00` must stay `0.00` in the metrics.
 pub const WINDOWS: &str = r#"
 SELECT l.scryfall_id, l.source, l.price_type, l.finish, l.currency, l.latest_day, l.base_day, l.base_points,
-    l.has_row, w.days, w.prices, w.scales
+    l.has_row, w.days, w.prices
 FROM latest l
 CROSS JOIN LATERAL (
-    SELECT array_agg(p.day) AS days, array_agg(p.price) AS prices, array_agg(scale(p.price)) AS scales
+    SELECT array_agg(p.day) AS days, array_agg(p.price) AS prices
     FROM (
         SELECT p.day, p.price FROM price_points p
         WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
@@ -36,62 +39,42 @@ CROSS JOIN LATERAL (
     ) p
 ) w"#;
 
-/// Writes a chunk of computed metrics (one array per column, and whether each series had a row when its window
-/// was read): updates the rows whose values changed, inserts the series without a row, and returns how many
-/// rows it wrote. A plain `UPDATE` leaves unchanged rows untouched, where an upsert's `DO UPDATE ... WHERE`
-/// would still lock (and so write) each of them. A row that appeared since the read (only another run could
-/// add one, and runs hold a lease) fails the insert on its key: the run fails, and its points stay after the
-/// watermark for the next run.
-pub const WRITE: &str = r#"
-WITH computed AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::date[], $7::text[]::numeric[],
-        $8::text[]::numeric[], $9::text[]::numeric[], $10::text[]::numeric[], $11::text[]::numeric[], $12::text[]::numeric[], $13::text[]::numeric[],
-        $14::text[]::numeric[], $15::text[]::numeric[], $16::float8[], $17::text[]::numeric[], $18::text[]::numeric[], $19::int[], $20::int[],
-        $21::text[]::numeric[], $22::int[], $23::bool[])
-        AS c(scryfall_id, source, price_type, finish, currency, latest_day, latest_price, change_1d, change_1d_pct,
-             change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, ma_30d, volatility_30d, high_30d,
-             low_30d, points_30d, points, prior_high_30d, prior_points_30d, has_row)
-),
-updated AS (
-    UPDATE price_metrics m SET
-        latest_day = c.latest_day, latest_price = c.latest_price,
-        change_1d = c.change_1d, change_1d_pct = c.change_1d_pct,
-        change_7d = c.change_7d, change_7d_pct = c.change_7d_pct,
-        change_30d = c.change_30d, change_30d_pct = c.change_30d_pct,
-        ma_7d = c.ma_7d, ma_30d = c.ma_30d, volatility_30d = c.volatility_30d,
-        high_30d = c.high_30d, low_30d = c.low_30d, points_30d = c.points_30d, points = c.points,
-        prior_high_30d = c.prior_high_30d, prior_points_30d = c.prior_points_30d, computed_at = now()
-    FROM computed c
-    WHERE c.has_row
-      AND (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
-        = (c.scryfall_id, c.source, c.price_type, c.finish, c.currency)
-      AND (m.latest_day, m.latest_price, m.change_1d, m.change_7d, m.change_30d, m.ma_7d, m.ma_30d,
-           m.volatility_30d, m.high_30d, m.low_30d, m.points_30d, m.points, m.prior_high_30d, m.prior_points_30d)
-          IS DISTINCT FROM
-          (c.latest_day, c.latest_price, c.change_1d, c.change_7d, c.change_30d, c.ma_7d, c.ma_30d,
-           c.volatility_30d, c.high_30d, c.low_30d, c.points_30d, c.points, c.prior_high_30d, c.prior_points_30d)
-    RETURNING 1
-),
-inserted AS (
-    INSERT INTO price_metrics (scryfall_id, source, price_type, finish, currency, latest_day, latest_price,
-        change_1d, change_1d_pct, change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, ma_30d,
-        volatility_30d, high_30d, low_30d, points_30d, points, prior_high_30d, prior_points_30d)
-    SELECT c.scryfall_id, c.source, c.price_type, c.finish, c.currency, c.latest_day, c.latest_price,
-        c.change_1d, c.change_1d_pct, c.change_7d, c.change_7d_pct, c.change_30d, c.change_30d_pct, c.ma_7d,
-        c.ma_30d, c.volatility_30d, c.high_30d, c.low_30d, c.points_30d, c.points, c.prior_high_30d,
-        c.prior_points_30d
-    FROM computed c
-    WHERE NOT c.has_row
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted)
-"#;
+/// The series without a metrics row get theirs straight from `COPY`. A row that appeared since the read (only
+/// another run could add one, and runs hold a lease) fails the copy on its key: the run fails, and its points
+/// stay after the watermark for the next run.
+const COPY_NEW: &str = "COPY price_metrics (scryfall_id, source, price_type, finish, currency, latest_day, \
+    latest_price, change_1d, change_1d_pct, change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, ma_30d, \
+    volatility_30d, high_30d, low_30d, points_30d, points, prior_high_30d, prior_points_30d) FROM STDIN";
 
-/// The writing transaction's plan for [`WRITE`]: each chunk's rows are found by the metrics table's primary key
-/// (a nested loop of index probes, in key order). Left to itself the planner hashes the whole metrics table for
-/// every chunk, which on 60,000 series made an incremental run's writes three times the cost of rewriting every
-/// row once. Applied after the reader's plan is made, and only to the writer's transaction.
-const WRITER_SETTINGS: &str = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+/// The recomputed metrics of series that have a row are copied into a temporary table of the writing
+/// transaction as they are computed, and applied by one [`APPLY`] at the end: one join the planner sizes to the
+/// whole run (a hash join in one pass over the table when most series changed, primary-key probes when few
+/// did). An `UPDATE` per chunk cost twice as much per row: a probe per row, and 23 arrays to unnest.
+const STAGE: &str = "CREATE TEMP TABLE price_metrics_recomputed (LIKE price_metrics INCLUDING DEFAULTS) ON COMMIT DROP";
+
+const COPY_RECOMPUTED: &str = "COPY price_metrics_recomputed (scryfall_id, source, price_type, finish, currency, \
+    latest_day, latest_price, change_1d, change_1d_pct, change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, \
+    ma_30d, volatility_30d, high_30d, low_30d, points_30d, points, prior_high_30d, prior_points_30d) FROM STDIN";
+
+/// Updates the rows whose values changed. A plain `UPDATE` leaves unchanged rows untouched, where an upsert's
+/// `DO UPDATE ... WHERE` would still lock (and so write) each of them.
+const APPLY: &str = r#"
+UPDATE price_metrics m SET
+    latest_day = c.latest_day, latest_price = c.latest_price,
+    change_1d = c.change_1d, change_1d_pct = c.change_1d_pct,
+    change_7d = c.change_7d, change_7d_pct = c.change_7d_pct,
+    change_30d = c.change_30d, change_30d_pct = c.change_30d_pct,
+    ma_7d = c.ma_7d, ma_30d = c.ma_30d, volatility_30d = c.volatility_30d,
+    high_30d = c.high_30d, low_30d = c.low_30d, points_30d = c.points_30d, points = c.points,
+    prior_high_30d = c.prior_high_30d, prior_points_30d = c.prior_points_30d, computed_at = now()
+FROM price_metrics_recomputed c
+WHERE (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
+    = (c.scryfall_id, c.source, c.price_type, c.finish, c.currency)
+  AND (m.latest_day, m.latest_price, m.change_1d, m.change_7d, m.change_30d, m.ma_7d, m.ma_30d,
+       m.volatility_30d, m.high_30d, m.low_30d, m.points_30d, m.points, m.prior_high_30d, m.prior_points_30d)
+      IS DISTINCT FROM
+      (c.latest_day, c.latest_price, c.change_1d, c.change_7d, c.change_30d, c.ma_7d, c.ma_30d,
+       c.volatility_30d, c.high_30d, c.low_30d, c.points_30d, c.points, c.prior_high_30d, c.prior_points_30d)"#;
 
 /// How many series are read, computed and written at a time: memory stays bounded at any catalog size.
 const CHUNK: usize = 2000;
@@ -109,40 +92,17 @@ struct SeriesWindow {
     base_points: i64,
     has_row: bool,
     days: Option<Vec<NaiveDate>>,
-    prices: Option<Vec<Decimal>>,
-    scales: Option<Vec<i32>>,
+    prices: Option<Vec<PgDecimal>>,
 }
 
-/// A chunk of computed metrics, a column each, as `WRITE` binds them. Decimals go as text: the binary encoding
-/// drops a zero's places (`0.00` would be stored as `0`).
+/// A chunk of computed metrics as `COPY` rows: those of series without a metrics row, and the others.
 #[derive(Default)]
-struct Columns {
-    scryfall_id: Vec<Uuid>,
-    source: Vec<String>,
-    price_type: Vec<String>,
-    finish: Vec<String>,
-    currency: Vec<String>,
-    latest_day: Vec<NaiveDate>,
-    latest_price: Vec<String>,
-    change_1d: Vec<Option<String>>,
-    change_1d_pct: Vec<Option<String>>,
-    change_7d: Vec<Option<String>>,
-    change_7d_pct: Vec<Option<String>>,
-    change_30d: Vec<Option<String>>,
-    change_30d_pct: Vec<Option<String>>,
-    ma_7d: Vec<Option<String>>,
-    ma_30d: Vec<Option<String>>,
-    volatility_30d: Vec<Option<f64>>,
-    high_30d: Vec<String>,
-    low_30d: Vec<String>,
-    points_30d: Vec<i32>,
-    points: Vec<i32>,
-    prior_high_30d: Vec<Option<String>>,
-    prior_points_30d: Vec<i32>,
-    has_row: Vec<bool>,
+struct Chunk {
+    new: CopyRows,
+    recomputed: CopyRows,
 }
 
-impl Columns {
+impl Chunk {
     /// Computes one series' metrics into the chunk; false when its window holds nothing to compute.
     fn push(&mut self, mut w: SeriesWindow) -> Result<bool, TaskError> {
         let key = || {
@@ -152,10 +112,13 @@ impl Columns {
             )
         };
         let mut days = w.days.take().unwrap_or_default();
-        let mut prices = w.prices.take().unwrap_or_default();
-        for (price, scale) in prices.iter_mut().zip(w.scales.iter().flatten()) {
-            price.rescale(u32::try_from(*scale).unwrap_or(0));
-        }
+        let mut prices: Vec<Decimal> = w
+            .prices
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
         if !days.is_sorted() {
             let mut points: Vec<_> = days.into_iter().zip(prices).collect();
             points.sort_by_key(|&(day, _)| day);
@@ -177,74 +140,81 @@ impl Columns {
                 format!("series {}: more points than a metrics row holds", key()),
             )
         })?;
-        self.scryfall_id.push(w.scryfall_id);
-        self.source.push(w.source);
-        self.price_type.push(w.price_type);
-        self.finish.push(w.finish);
-        self.currency.push(w.currency);
-        self.latest_day.push(m.latest_day);
-        self.latest_price.push(m.latest_price.to_string());
-        self.change_1d.push(m.change_1d.map(|d| d.to_string()));
-        self.change_1d_pct
-            .push(m.change_1d_pct.map(|d| d.to_string()));
-        self.change_7d.push(m.change_7d.map(|d| d.to_string()));
-        self.change_7d_pct
-            .push(m.change_7d_pct.map(|d| d.to_string()));
-        self.change_30d.push(m.change_30d.map(|d| d.to_string()));
-        self.change_30d_pct
-            .push(m.change_30d_pct.map(|d| d.to_string()));
-        self.ma_7d.push(m.ma_7d.map(|d| d.to_string()));
-        self.ma_30d.push(m.ma_30d.map(|d| d.to_string()));
-        self.volatility_30d.push(m.volatility_30d);
-        self.high_30d.push(m.high_30d.to_string());
-        self.low_30d.push(m.low_30d.to_string());
-        self.points_30d.push(m.points_30d);
-        self.points.push(points);
-        self.prior_high_30d
-            .push(m.prior_high_30d.map(|d| d.to_string()));
-        self.prior_points_30d.push(m.prior_points_30d);
-        self.has_row.push(w.has_row);
+        // Decimals keep their scale in the text (`0.00` stays `0.00`); floats print as the shortest text that
+        // reads back as the same value.
+        let out = if w.has_row {
+            &mut self.recomputed
+        } else {
+            &mut self.new
+        };
+        out.field(w.scryfall_id)
+            .field(&w.source)
+            .field(&w.price_type)
+            .field(&w.finish)
+            .field(&w.currency)
+            .field(m.latest_day)
+            .field(m.latest_price)
+            .optional(m.change_1d)
+            .optional(m.change_1d_pct)
+            .optional(m.change_7d)
+            .optional(m.change_7d_pct)
+            .optional(m.change_30d)
+            .optional(m.change_30d_pct)
+            .optional(m.ma_7d)
+            .optional(m.ma_30d)
+            .optional(m.volatility_30d)
+            .field(m.high_30d)
+            .field(m.low_30d)
+            .field(m.points_30d)
+            .field(points)
+            .optional(m.prior_high_30d)
+            .field(m.prior_points_30d)
+            .end_row();
         Ok(true)
     }
 
-    /// Writes the chunk; returns how many rows changed.
-    async fn write(self, tx: &mut Transaction<'_, Postgres>) -> Result<u64, TaskError> {
-        if self.scryfall_id.is_empty() {
-            return Ok(0);
-        }
-        let (changed,): (i64,) = sqlx::query_as(WRITE)
-            .bind(self.scryfall_id)
-            .bind(self.source)
-            .bind(self.price_type)
-            .bind(self.finish)
-            .bind(self.currency)
-            .bind(self.latest_day)
-            .bind(self.latest_price)
-            .bind(self.change_1d)
-            .bind(self.change_1d_pct)
-            .bind(self.change_7d)
-            .bind(self.change_7d_pct)
-            .bind(self.change_30d)
-            .bind(self.change_30d_pct)
-            .bind(self.ma_7d)
-            .bind(self.ma_30d)
-            .bind(self.volatility_30d)
-            .bind(self.high_30d)
-            .bind(self.low_30d)
-            .bind(self.points_30d)
-            .bind(self.points)
-            .bind(self.prior_high_30d)
-            .bind(self.prior_points_30d)
-            .bind(self.has_row)
-            .fetch_one(&mut **tx)
-            .await?;
-        Ok(changed as u64)
+    fn len(&self) -> usize {
+        (self.new.rows() + self.recomputed.rows()) as usize
     }
 }
 
-impl Columns {
-    fn len(&self) -> usize {
-        self.scryfall_id.len()
+/// Writes the chunks of one run in the writing transaction: the new rows at once, the recomputed ones at the
+/// end.
+#[derive(Default)]
+struct Writer {
+    inserted: u64,
+    staged: bool,
+}
+
+impl Writer {
+    async fn write(
+        &mut self,
+        tx: &mut Transaction<'_, Postgres>,
+        chunk: Chunk,
+    ) -> Result<(), TaskError> {
+        if chunk.new.rows() > 0 {
+            self.inserted += chunk.new.send(tx, COPY_NEW).await?;
+        }
+        if chunk.recomputed.rows() > 0 {
+            if !self.staged {
+                sqlx::query(STAGE).execute(&mut **tx).await?;
+                self.staged = true;
+            }
+            chunk.recomputed.send(tx, COPY_RECOMPUTED).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the recomputed rows; returns how many rows were inserted or changed.
+    async fn finish(self, tx: &mut Transaction<'_, Postgres>) -> Result<u64, TaskError> {
+        let mut changed = self.inserted;
+        if self.staged {
+            changed += sqlx::query(APPLY).execute(&mut **tx).await?.rows_affected();
+            sqlx::query("DROP TABLE price_metrics_recomputed")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(changed)
     }
 }
 
@@ -303,8 +273,7 @@ async fn pipelined(
     for setting in reader_settings {
         sqlx::query(*setting).execute(&mut *rtx).await?;
     }
-    sqlx::raw_sql(WRITER_SETTINGS).execute(&mut **tx).await?;
-    let (chunks_out, mut chunks_in) = tokio::sync::mpsc::channel::<Columns>(2);
+    let (chunks_out, mut chunks_in) = tokio::sync::mpsc::channel::<Chunk>(2);
     let read = async {
         let chunks_out = chunks_out;
         let mut query = sqlx::query_as::<_, SeriesWindow>(sqlx::AssertSqlSafe(windows));
@@ -312,7 +281,7 @@ async fn pipelined(
             query = query.bind(since);
         }
         let mut rows = query.fetch(&mut *rtx);
-        let (mut series, mut chunk) = (0u64, Columns::default());
+        let (mut series, mut chunk) = (0u64, Chunk::default());
         while let Some(window) = rows.try_next().await? {
             series += u64::from(chunk.push(window)?);
             if chunk.len() == CHUNK && chunks_out.send(std::mem::take(&mut chunk)).await.is_err() {
@@ -326,15 +295,15 @@ async fn pipelined(
         Ok::<u64, TaskError>(series)
     };
     let write = async {
-        let mut changed = 0u64;
+        let mut writer = Writer::default();
         while let Some(chunk) = chunks_in.recv().await {
-            changed += chunk.write(tx).await?;
+            writer.write(tx, chunk).await?;
         }
-        Ok::<u64, TaskError>(changed)
+        Ok::<Writer, TaskError>(writer)
     };
-    let (series, changed) = tokio::try_join!(read, write)?;
+    let (series, writer) = tokio::try_join!(read, write)?;
     rtx.rollback().await?;
-    Ok((series, changed))
+    Ok((series, writer.finish(tx).await?))
 }
 
 /// A cursor in the writing transaction, read a chunk at a time.
@@ -349,19 +318,18 @@ async fn through_a_cursor(
         query = query.bind(since);
     }
     query.execute(&mut **tx).await?;
-    sqlx::raw_sql(WRITER_SETTINGS).execute(&mut **tx).await?;
     let fetch = format!("FETCH {CHUNK} FROM series_windows");
-    let (mut series, mut changed) = (0u64, 0u64);
+    let (mut series, mut writer) = (0u64, Writer::default());
     loop {
         let windows: Vec<SeriesWindow> = sqlx::query_as(sqlx::AssertSqlSafe(fetch.as_str()))
             .fetch_all(&mut **tx)
             .await?;
         let last = windows.len() < CHUNK;
-        let mut chunk = Columns::default();
+        let mut chunk = Chunk::default();
         for window in windows {
             series += u64::from(chunk.push(window)?);
         }
-        changed += chunk.write(tx).await?;
+        writer.write(tx, chunk).await?;
         if last {
             break;
         }
@@ -369,5 +337,5 @@ async fn through_a_cursor(
     sqlx::query("CLOSE series_windows")
         .execute(&mut **tx)
         .await?;
-    Ok((series, changed))
+    Ok((series, writer.finish(tx).await?))
 }

@@ -4,8 +4,9 @@
 //!
 //! Over only the series that received points since the last run (incremental; `full` recomputes every series):
 //! Postgres selects the series and hands over each one's last 61 days of points as two arrays; the metrics are
-//! computed here ([`crate::series_metrics`], exact decimal arithmetic) and written back a chunk at a time,
-//! touching only the rows whose values changed, while the next chunk is read ([`crate::series_metrics::store`]).
+//! computed here ([`crate::series_metrics`], exact decimal arithmetic) and copied back a chunk at a time while
+//! the next chunk is read; one `UPDATE` at the end touches only the rows whose values changed
+//! ([`crate::series_metrics::store`]).
 //! Computing them in SQL cost 35-90 us per series in the aggregate executor, several times the cost of reading
 //! the window (`docs/benchmarks.md`).
 
