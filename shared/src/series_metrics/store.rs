@@ -39,12 +39,20 @@ CROSS JOIN LATERAL (
     ) p
 ) w"#;
 
+/// The columns a chunk's `COPY` rows carry, in the order [`Chunk::push`] writes them (`computed_at` takes its
+/// default).
+macro_rules! metrics_columns {
+    () => {
+        "scryfall_id, source, price_type, finish, currency, latest_day, latest_price, change_1d, change_1d_pct, \
+         change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, ma_30d, volatility_30d, high_30d, low_30d, \
+         points_30d, points, prior_high_30d, prior_points_30d"
+    };
+}
+
 /// The series without a metrics row get theirs straight from `COPY`. A row that appeared since the read (only
 /// another run could add one, and runs hold a lease) fails the copy on its key: the run fails, and its points
 /// stay after the watermark for the next run.
-const COPY_NEW: &str = "COPY price_metrics (scryfall_id, source, price_type, finish, currency, latest_day, \
-    latest_price, change_1d, change_1d_pct, change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, ma_30d, \
-    volatility_30d, high_30d, low_30d, points_30d, points, prior_high_30d, prior_points_30d) FROM STDIN";
+const COPY_NEW: &str = concat!("COPY price_metrics (", metrics_columns!(), ") FROM STDIN");
 
 /// The recomputed metrics of series that have a row are copied into a temporary table of the writing
 /// transaction as they are computed, and applied by one [`APPLY`] at the end: one join the planner sizes to the
@@ -52,9 +60,11 @@ const COPY_NEW: &str = "COPY price_metrics (scryfall_id, source, price_type, fin
 /// did). An `UPDATE` per chunk cost twice as much per row: a probe per row, and 23 arrays to unnest.
 const STAGE: &str = "CREATE TEMP TABLE price_metrics_recomputed (LIKE price_metrics INCLUDING DEFAULTS) ON COMMIT DROP";
 
-const COPY_RECOMPUTED: &str = "COPY price_metrics_recomputed (scryfall_id, source, price_type, finish, currency, \
-    latest_day, latest_price, change_1d, change_1d_pct, change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, \
-    ma_30d, volatility_30d, high_30d, low_30d, points_30d, points, prior_high_30d, prior_points_30d) FROM STDIN";
+const COPY_RECOMPUTED: &str = concat!(
+    "COPY price_metrics_recomputed (",
+    metrics_columns!(),
+    ") FROM STDIN"
+);
 
 /// Updates the rows whose values changed. A plain `UPDATE` leaves unchanged rows untouched, where an upsert's
 /// `DO UPDATE ... WHERE` would still lock (and so write) each of them.
