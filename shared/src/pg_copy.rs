@@ -51,6 +51,14 @@ impl CopyRows {
         }
     }
 
+    /// Appends a `bytea` field in its hex form (`\x` and two digits a byte; the backslash escaped for `COPY`).
+    pub fn bytes(&mut self, value: &[u8]) -> &mut Self {
+        self.separate();
+        self.text.push_str("\\\\x");
+        self.text.push_str(&hex::encode(value));
+        self
+    }
+
     /// Ends the current row.
     pub fn end_row(&mut self) {
         self.text.push('\n');
@@ -105,5 +113,13 @@ mod tests {
         let mut rows = CopyRows::default();
         rows.field("a\\b\tc\nd\re \"{}' é").end_row();
         assert_eq!(rows.text, "a\\\\b\\tc\\nd\\re \"{}' é\n");
+    }
+
+    #[test]
+    fn bytes_are_written_in_bytea_hex_form_with_the_backslash_escaped() {
+        let mut rows = CopyRows::default();
+        rows.bytes(&[0x01, 0xab, 0x00]).bytes(&[]).end_row();
+        // COPY reads `\\x01ab00` as the text `\x01ab00`, which bytea reads as three bytes.
+        assert_eq!(rows.text, "\\\\x01ab00\t\\\\x\n");
     }
 }

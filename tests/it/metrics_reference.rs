@@ -1,7 +1,8 @@
 //! Every metrics row against a reference: the metric definitions of `docs/data.md` written as one plain SQL
 //! query over all of `price_points` (Postgres' own `numeric` arithmetic, window functions, no incremental
-//! bookkeeping). The function computes the metrics itself, a series at a time and incrementally; after a full
-//! run and after an incremental one over daily points, backfills and repricings, every row must read the same.
+//! bookkeeping). The function computes the metrics itself, a series at a time and incrementally from the windows
+//! it stores; after a full run and after incremental ones over daily points, backfills, repricings and a prune,
+//! every row must read the same.
 //! The full run goes through a function with one database connection (a cursor reads the windows), the
 //! incremental one through a function with two (a reader on the second connection streams them).
 
@@ -68,7 +69,7 @@ FROM reference r
 FULL JOIN (SELECT scryfall_id, source, price_type, finish, currency, latest_day, latest_price, change_1d,
                   change_1d_pct, change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, ma_30d,
                   volatility_30d, high_30d, low_30d, points_30d, points, prior_high_30d, prior_points_30d
-           FROM price_metrics) m
+           FROM price_metrics WHERE $1 OR window_points IS NOT NULL) m
     USING (scryfall_id, source, price_type, finish, currency)
 WHERE r.scryfall_id IS NULL OR m.scryfall_id IS NULL
    OR (r.latest_day, r.latest_price::text, r.change_1d::text, r.change_1d_pct::text, r.change_7d::text,
@@ -96,6 +97,11 @@ async fn run(function: &LocalFunction, kwargs: Value) -> Value {
 
 /// The rows that differ from the reference, recomputed from the points as they are now.
 async fn differences(stack: &TestStack) -> (i64, Vec<String>) {
+    compared(stack, true).await
+}
+
+/// The same, among the series whose metrics row keeps its stored window (all of them when `all`).
+async fn compared(stack: &TestStack, all: bool) -> (i64, Vec<String>) {
     let mut conn = stack.pool.acquire().await.unwrap();
     sqlx::query("DROP TABLE IF EXISTS reference")
         .execute(&mut *conn)
@@ -106,7 +112,18 @@ async fn differences(stack: &TestStack) -> (i64, Vec<String>) {
         .fetch_one(&mut *conn)
         .await
         .unwrap();
+    if !all {
+        sqlx::query(
+            "DELETE FROM reference r USING price_metrics m \
+             WHERE (m.scryfall_id, m.source, m.price_type, m.finish, m.currency) \
+                 = (r.scryfall_id, r.source, r.price_type, r.finish, r.currency) AND m.window_points IS NULL",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
     let differ = sqlx::query_scalar(DIFFERENCES)
+        .bind(all)
         .fetch_all(&mut *conn)
         .await
         .unwrap();
@@ -199,6 +216,85 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
         with_1d_change > 100,
         "{with_1d_change} series have a 1-day change"
     );
+
+    // The next day's run builds every third series' window from the window the last run stored and the new
+    // point (the latest day repriced on every fifth of those).
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM price_metrics WHERE window_points IS NOT NULL")
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, rows, "every row keeps its window");
+    next_day(&stack, 3).await;
+    sqlx::query(
+        "UPDATE price_points p SET price = p.price * 2, recorded_at = now() FROM price_metrics m \
+         WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency, p.day) \
+             = (m.scryfall_id, m.source, m.price_type, m.finish, m.currency, m.latest_day) \
+           AND abs(hashtext(m.scryfall_id::text || m.source || m.finish)) % 5 = 0",
+    )
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    let next = run(&analytics, json!({})).await;
+    assert_eq!(next["status"], "succeeded", "{next}");
+    let (_, differ) = differences(&stack).await;
+    assert!(differ.is_empty(), "after the next day: {differ:#?}");
+
+    // A prune rolls the history up to one point a week (the fixture's days are years old). It takes the
+    // deleted points off each row's count and drops the stored windows that held a deleted day: every row that
+    // keeps its window still matches the reference, and the runs after it read what is left.
+    let default = stack.function(Queue::Default, &[]).await.unwrap();
+    let pruned = match default
+        .invoke(json!({"task": "prune_price_history", "kwargs": {"keep_days": 61}}))
+        .await
+        .unwrap()
+    {
+        Invoked::Outcome(InvokeOutcome::Response(report)) => report,
+        other => panic!("prune: {other:?}"),
+    };
+    assert_eq!(pruned["status"], "succeeded", "{pruned}");
+    assert!(
+        pruned["detail"]["deleted"].as_u64().unwrap() > 1000,
+        "{pruned}"
+    );
+    let dropped: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM price_metrics WHERE window_points IS NULL")
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+    assert!(dropped > 100, "{dropped} windows held a pruned day");
+    let (_, differ) = compared(&stack, false).await;
+    assert!(
+        differ.is_empty(),
+        "rows that kept their window: {differ:#?}"
+    );
+    for every in [1, 3] {
+        next_day(&stack, every).await;
+        let after_prune = run(&analytics, json!({})).await;
+        assert_eq!(after_prune["status"], "succeeded", "{after_prune}");
+        let (_, differ) = differences(&stack).await;
+        assert!(
+            differ.is_empty(),
+            "a day for every {every} series after the prune: {differ:#?}"
+        );
+    }
+}
+
+/// One more day for every `every`-th series, a few percent from its latest price.
+async fn next_day(stack: &TestStack, every: i64) {
+    sqlx::query(
+        "WITH s AS (SELECT scryfall_id, source, price_type, finish, currency, latest_day, latest_price, \
+                row_number() OVER (ORDER BY scryfall_id, source, price_type, finish, currency) AS n \
+             FROM price_metrics) \
+         INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price) \
+         SELECT scryfall_id, source, price_type, finish, currency, latest_day + 1, \
+             round(latest_price * (0.97 + (abs(hashint8(n)) % 7) / 100.0), 2) \
+         FROM s WHERE n % $1 = 0",
+    )
+    .bind(every)
+    .execute(&stack.pool)
+    .await
+    .unwrap();
 }
 
 /// Prices and metrics are read as binary `numeric` ([`dualcaster::pg_numeric::PgDecimal`]): every value, with

@@ -9,6 +9,7 @@ use chrono::NaiveDate;
 use rust_decimal::{Decimal, RoundingStrategy};
 
 pub mod store;
+pub mod window;
 
 /// How many days back from its latest day a series' window reaches (its latest day counts as day 0): the
 /// 30-day change looks back up to 60 days.

@@ -1,8 +1,8 @@
 //! Reading series' windows from Postgres and writing their metrics back, a chunk at a time.
 //!
 //! The task says which series to compute (a query that ends in a CTE `latest`); the windows are read with
-//! [`WINDOWS`], computed with [`super::compute`] and written with `COPY`: new series' rows straight into the
-//! table, recomputed ones into a temporary table applied at the end ([`APPLY`]). When the pool can lend a second
+//! [`WINDOWS`], computed with [`super::compute`] and written with `COPY`, each row with its window for the next
+//! run ([`super::window`]): new series' rows straight into the table, recomputed ones into a temporary table applied at the end ([`APPLY`]). When the pool can lend a second
 //! connection, reading, computing and writing overlap: a reader on that connection, in a transaction that
 //! imports the writing transaction's snapshot (so it sees exactly what a cursor in the writer would), streams
 //! the windows while the writer writes the previous chunk. Otherwise a cursor in the writing transaction reads
@@ -21,12 +21,16 @@ use crate::error::TaskError;
 use crate::pg_copy::CopyRows;
 use crate::pg_numeric::PgDecimal;
 
+use super::window;
+
 /// From `latest` (the series to compute, with their latest day and the base of their point count), each
-/// series' key and the days and prices of its window: its last 61 days, in index order. The prices are read
-/// with their scale ([`PgDecimal`]): `0.00` must stay `0.00` in the metrics.
+/// series' key and its window: the window stored with its metrics row as of `base_day` (`stored_window`, see
+/// [`super::window`]) with the points of `base_day` and after (`new_days`, `new_prices`) when `latest` has
+/// them; otherwise its last 61 days of points (`days`, `prices`, in index order), read only for those series.
+/// The prices are read with their scale ([`PgDecimal`]): `0.00` must stay `0.00` in the metrics.
 pub const WINDOWS: &str = r#"
 SELECT l.scryfall_id, l.source, l.price_type, l.finish, l.currency, l.latest_day, l.base_day, l.base_points,
-    l.has_row, w.days, w.prices
+    l.has_row, l.stored_window, l.new_days, l.new_prices, w.days, w.prices
 FROM latest l
 CROSS JOIN LATERAL (
     SELECT array_agg(p.day) AS days, array_agg(p.price) AS prices
@@ -34,7 +38,7 @@ CROSS JOIN LATERAL (
         SELECT p.day, p.price FROM price_points p
         WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
             = (l.scryfall_id, l.source, l.price_type, l.finish, l.currency)
-          AND p.day > l.latest_day - 61
+          AND p.day > l.latest_day - 61 AND l.stored_window IS NULL
         ORDER BY p.day
     ) p
 ) w"#;
@@ -45,7 +49,7 @@ macro_rules! metrics_columns {
     () => {
         "scryfall_id, source, price_type, finish, currency, latest_day, latest_price, change_1d, change_1d_pct, \
          change_7d, change_7d_pct, change_30d, change_30d_pct, ma_7d, ma_30d, volatility_30d, high_30d, low_30d, \
-         points_30d, points, prior_high_30d, prior_points_30d"
+         points_30d, points, prior_high_30d, prior_points_30d, window_points"
     };
 }
 
@@ -66,7 +70,8 @@ const COPY_RECOMPUTED: &str = concat!(
     ") FROM STDIN"
 );
 
-/// Updates the rows whose values changed. A plain `UPDATE` leaves unchanged rows untouched, where an upsert's
+/// Updates the rows whose values or window changed (a window can change without a metric: a repriced point
+/// that no metric reads). A plain `UPDATE` leaves unchanged rows untouched, where an upsert's
 /// `DO UPDATE ... WHERE` would still lock (and so write) each of them.
 const APPLY: &str = r#"
 UPDATE price_metrics m SET
@@ -76,15 +81,18 @@ UPDATE price_metrics m SET
     change_30d = c.change_30d, change_30d_pct = c.change_30d_pct,
     ma_7d = c.ma_7d, ma_30d = c.ma_30d, volatility_30d = c.volatility_30d,
     high_30d = c.high_30d, low_30d = c.low_30d, points_30d = c.points_30d, points = c.points,
-    prior_high_30d = c.prior_high_30d, prior_points_30d = c.prior_points_30d, computed_at = now()
+    prior_high_30d = c.prior_high_30d, prior_points_30d = c.prior_points_30d, window_points = c.window_points,
+    computed_at = now()
 FROM price_metrics_recomputed c
 WHERE (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
     = (c.scryfall_id, c.source, c.price_type, c.finish, c.currency)
   AND (m.latest_day, m.latest_price, m.change_1d, m.change_7d, m.change_30d, m.ma_7d, m.ma_30d,
-       m.volatility_30d, m.high_30d, m.low_30d, m.points_30d, m.points, m.prior_high_30d, m.prior_points_30d)
+       m.volatility_30d, m.high_30d, m.low_30d, m.points_30d, m.points, m.prior_high_30d, m.prior_points_30d,
+       m.window_points)
       IS DISTINCT FROM
       (c.latest_day, c.latest_price, c.change_1d, c.change_7d, c.change_30d, c.ma_7d, c.ma_30d,
-       c.volatility_30d, c.high_30d, c.low_30d, c.points_30d, c.points, c.prior_high_30d, c.prior_points_30d)"#;
+       c.volatility_30d, c.high_30d, c.low_30d, c.points_30d, c.points, c.prior_high_30d, c.prior_points_30d,
+       c.window_points)"#;
 
 /// How many series are read, computed and written at a time: memory stays bounded at any catalog size.
 const CHUNK: usize = 2000;
@@ -101,6 +109,9 @@ struct SeriesWindow {
     base_day: NaiveDate,
     base_points: i64,
     has_row: bool,
+    stored_window: Option<Vec<u8>>,
+    new_days: Option<Vec<NaiveDate>>,
+    new_prices: Option<Vec<PgDecimal>>,
     days: Option<Vec<NaiveDate>>,
     prices: Option<Vec<PgDecimal>>,
 }
@@ -121,19 +132,49 @@ impl Chunk {
                 w.scryfall_id, w.source, w.price_type, w.finish, w.currency
             )
         };
-        let mut days = w.days.take().unwrap_or_default();
-        let mut prices: Vec<Decimal> = w
-            .prices
-            .take()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| p.0)
-            .collect();
-        if !days.is_sorted() {
-            let mut points: Vec<_> = days.into_iter().zip(prices).collect();
-            points.sort_by_key(|&(day, _)| day);
-            (days, prices) = points.into_iter().unzip();
-        }
+        let (days, prices) = match w.stored_window.take() {
+            Some(stored) => {
+                let (mut days, mut prices) =
+                    window::decode(w.base_day, &stored).map_err(|window::Corrupt(why)| {
+                        TaskError::permanent(
+                            "metrics_window_corrupt",
+                            format!(
+                                "series {}: its stored window cannot be read ({why}); a full run \
+                                 (kwargs {{\"full\": true}}) rewrites every window from the points",
+                                key()
+                            ),
+                        )
+                    })?;
+                let new_days = w.new_days.take().unwrap_or_default();
+                let new_prices = w.new_prices.take().unwrap_or_default();
+                for (day, price) in new_days.into_iter().zip(new_prices) {
+                    match days.binary_search(&day) {
+                        Ok(i) => prices[i] = price.0,
+                        Err(i) => {
+                            days.insert(i, day);
+                            prices.insert(i, price.0);
+                        }
+                    }
+                }
+                (days, prices)
+            }
+            None => {
+                let mut days = w.days.take().unwrap_or_default();
+                let mut prices: Vec<Decimal> = w
+                    .prices
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| p.0)
+                    .collect();
+                if !days.is_sorted() {
+                    let mut points: Vec<_> = days.into_iter().zip(prices).collect();
+                    points.sort_by_key(|&(day, _)| day);
+                    (days, prices) = points.into_iter().unzip();
+                }
+                (days, prices)
+            }
+        };
         let metrics = super::compute(w.latest_day, &days, &prices).map_err(|_| {
             TaskError::permanent(
                 "metrics_overflow",
@@ -179,6 +220,7 @@ impl Chunk {
             .field(points)
             .optional(m.prior_high_30d)
             .field(m.prior_points_30d)
+            .bytes(&window::encode(m.latest_day, &days, &prices))
             .end_row();
         Ok(true)
     }

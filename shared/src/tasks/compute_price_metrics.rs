@@ -3,10 +3,11 @@
 //! 30-day volatility (standard deviation of log returns), 30-day high and low, and point counts.
 //!
 //! Over only the series that received points since the last run (incremental; `full` recomputes every series):
-//! Postgres selects the series and hands over each one's last 61 days of points as two arrays; the metrics are
-//! computed here ([`crate::series_metrics`], exact decimal arithmetic) and copied back a chunk at a time while
-//! the next chunk is read; one `UPDATE` at the end touches only the rows whose values changed
-//! ([`crate::series_metrics::store`]).
+//! Postgres selects the series and hands over each one's window: in the daily case the window stored with its
+//! metrics row ([`crate::series_metrics::window`]) and its new points, otherwise its last 61 days of points as
+//! two arrays. The metrics are computed here ([`crate::series_metrics`], exact decimal arithmetic) and copied
+//! back with each series' window a chunk at a time while the next chunk is read; one `UPDATE` at the end
+//! touches only the rows whose values or window changed ([`crate::series_metrics::store`]).
 //! Computing them in SQL cost 35-90 us per series in the aggregate executor, several times the cost of reading
 //! the window (`docs/benchmarks.md`).
 
@@ -63,7 +64,8 @@ WITH counted AS (
 ),
 latest AS (
     SELECT c.scryfall_id, c.source, c.price_type, c.finish, c.currency, c.latest_day,
-        c.latest_day AS base_day, c.points AS base_points, m.scryfall_id IS NOT NULL AS has_row
+        c.latest_day AS base_day, c.points AS base_points, m.scryfall_id IS NOT NULL AS has_row,
+        NULL::bytea AS stored_window, NULL::date[] AS new_days, NULL::numeric[] AS new_prices
     FROM counted c
     LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
                                = (c.scryfall_id, c.source, c.price_type, c.finish, c.currency)
@@ -77,32 +79,44 @@ const FULL_READER: &[&str] = &["SET LOCAL enable_hashagg = off", "SET LOCAL enab
 /// The latest day and point count of the series with points recorded after `$1`. A series that only received
 /// its previous latest day again (a new price) or days after it (the daily case) keeps its previous count as
 /// the base, and the points after its previous latest day are counted in its window, which holds them all when
-/// they lie within 60 days of it; its latest day is the newest of them. Any other series is recounted and its
-/// latest day looked up. (A latest point is never deleted: pruning keeps each week's last point.)
+/// they lie within 60 days of it; its latest day is the newest of them. Such a series with a stored window
+/// also has its window from that and its new points (those of its previous latest day and after, gathered in
+/// the one pass over the new points), and none of its points are read. Any other series is recounted, its
+/// latest day looked up and its window read from the points. The new points are joined to their metrics rows
+/// once, before they are grouped by series: a join per series cost more than the grouping. (A latest point is
+/// never deleted: pruning keeps each week's last point.)
 const INCREMENTAL: &str = r#"
 WITH touched AS (
-    SELECT scryfall_id, source, price_type, finish, currency, min(day) AS first_new_day, max(day) AS last_new_day
-    FROM price_points
-    WHERE recorded_at > $1
-    GROUP BY 1, 2, 3, 4, 5
+    SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency,
+        min(p.day) AS first_new_day, max(p.day) AS last_new_day,
+        m.scryfall_id IS NOT NULL AS has_row, m.latest_day AS row_day, m.points AS row_points, m.window_points,
+        array_agg(p.day) FILTER (WHERE p.day BETWEEN m.latest_day AND m.latest_day + 60) AS new_days,
+        array_agg(p.price) FILTER (WHERE p.day BETWEEN m.latest_day AND m.latest_day + 60) AS new_prices
+    FROM price_points p
+    LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
+                               = (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
+    WHERE p.recorded_at > $1
+    GROUP BY p.scryfall_id, p.source, p.price_type, p.finish, p.currency,
+        m.scryfall_id, m.source, m.price_type, m.finish, m.currency
 ),
 latest AS MATERIALIZED (
     SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency, c.latest_day, c.base_day, c.base_points,
-        m.scryfall_id IS NOT NULL AS has_row
+        t.has_row, c.stored_window,
+        CASE WHEN c.stored_window IS NOT NULL THEN t.new_days END AS new_days,
+        CASE WHEN c.stored_window IS NOT NULL THEN t.new_prices END AS new_prices
     FROM touched t
-    LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
-                               = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
     CROSS JOIN LATERAL (
-        SELECT t.last_new_day AS latest_day, m.latest_day AS base_day, m.points::bigint AS base_points
-        WHERE t.first_new_day >= m.latest_day AND t.last_new_day - m.latest_day <= 60
+        SELECT t.last_new_day AS latest_day, t.row_day AS base_day, t.row_points::bigint AS base_points,
+            t.window_points AS stored_window
+        WHERE t.first_new_day >= t.row_day AND t.last_new_day - t.row_day <= 60
         UNION ALL
-        SELECT r.latest_day, r.latest_day, r.points
+        SELECT r.latest_day, r.latest_day, r.points, NULL::bytea
         FROM (
             SELECT max(p.day) AS latest_day, count(*) AS points FROM price_points p
             WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
                 = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
         ) r
-        WHERE NOT coalesce(t.first_new_day >= m.latest_day AND t.last_new_day - m.latest_day <= 60, false)
+        WHERE NOT coalesce(t.first_new_day >= t.row_day AND t.last_new_day - t.row_day <= 60, false)
     ) c
 )"#;
 

@@ -82,11 +82,44 @@ impl TaskReport for PruneReport {
 }
 
 /// The points of `[$1, $2)` (whole weeks) that have a later point of the same series in the same week.
-const DOOMED: &str = "FROM price_points p WHERE p.day >= $1 AND p.day < $2 AND EXISTS (
+macro_rules! doomed {
+    () => {
+        "FROM price_points p WHERE p.day >= $1 AND p.day < $2 AND EXISTS (
     SELECT 1 FROM price_points q
     WHERE q.scryfall_id = p.scryfall_id AND q.source = p.source AND q.price_type = p.price_type
       AND q.finish = p.finish AND q.currency = p.currency
-      AND q.day > p.day AND q.day < p.day - (extract(isodow FROM p.day)::int - 1) + 7)";
+      AND q.day > p.day AND q.day < p.day - (extract(isodow FROM p.day)::int - 1) + 7)"
+    };
+}
+
+/// How many points a prune of `[$1, $2)` deletes.
+const COUNT_DOOMED: &str = concat!("SELECT count(*) ", doomed!());
+
+/// Deletes the doomed points of `[$1, $2)` and, in the same statement, keeps the metrics rows of their series
+/// true to what is left: each row's all-time `points` loses the deleted points (an incremental run counts on
+/// from it), and a stored window that held a deleted day (`price_metrics.window_points`) is dropped, so that
+/// series' next run reads its window from the points. Returns how many points were deleted. (A metrics run
+/// computing the same series at that moment would write back what it read before: the schedules keep the
+/// nightly prune away from the analytics hours.)
+const DELETE_DOOMED: &str = concat!(
+    "WITH gone AS (DELETE ",
+    doomed!(),
+    "
+    RETURNING p.scryfall_id, p.source, p.price_type, p.finish, p.currency, p.day
+),
+per_series AS (
+    SELECT scryfall_id, source, price_type, finish, currency, count(*) AS deleted, max(day) AS last_day
+    FROM gone GROUP BY 1, 2, 3, 4, 5
+),
+kept AS (
+    UPDATE price_metrics m SET points = m.points - s.deleted,
+        window_points = CASE WHEN s.last_day > m.latest_day - 61 THEN NULL ELSE m.window_points END
+    FROM per_series s
+    WHERE (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
+        = (s.scryfall_id, s.source, s.price_type, s.finish, s.currency)
+)
+SELECT coalesce(sum(deleted), 0)::bigint FROM per_series"
+);
 
 fn week_of(day: NaiveDate) -> NaiveDate {
     day - chrono::Duration::days(day.weekday().num_days_from_monday() as i64)
@@ -149,20 +182,17 @@ impl Task for PrunePriceHistory {
             .fetch_one(ctx.db())
             .await?;
             let deleted = if args.dry_run {
-                let sql = format!("SELECT count(*) {DOOMED}");
-                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                sqlx::query_scalar::<_, i64>(COUNT_DOOMED)
                     .bind(start)
                     .bind(end)
                     .fetch_one(ctx.db())
                     .await? as u64
             } else {
-                let sql = format!("DELETE {DOOMED}");
-                sqlx::query(sqlx::AssertSqlSafe(sql))
+                sqlx::query_scalar::<_, i64>(DELETE_DOOMED)
                     .bind(start)
                     .bind(end)
-                    .execute(ctx.db())
-                    .await?
-                    .rows_affected()
+                    .fetch_one(ctx.db())
+                    .await? as u64
             };
             report.weeks += weeks as u64;
             report.deleted += deleted;
