@@ -84,14 +84,20 @@ WHERE r.scryfall_id IS NULL OR m.scryfall_id IS NULL
 LIMIT 5
 "#;
 
+/// A metrics run's report.
 async fn run(function: &LocalFunction, kwargs: Value) -> Value {
+    invoke(function, "compute_price_metrics", kwargs).await
+}
+
+/// Invokes `task` directly and returns its report.
+async fn invoke(function: &LocalFunction, task: &str, kwargs: Value) -> Value {
     match function
-        .invoke(json!({"task": "compute_price_metrics", "kwargs": kwargs}))
+        .invoke(json!({"task": task, "kwargs": kwargs}))
         .await
         .unwrap()
     {
         Invoked::Outcome(InvokeOutcome::Response(report)) => report,
-        other => panic!("compute_price_metrics: {other:?}"),
+        other => panic!("{task}: {other:?}"),
     }
 }
 
@@ -138,14 +144,12 @@ async fn compared(stack: &TestStack, all: bool) -> (i64, Vec<String>) {
 async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incremental_runs() {
     let stack = TestStack::start().await.unwrap();
     let (_server, ingestion, analytics) = functions_with_v4_history(&stack).await;
-    let ingested = match ingestion
-        .invoke(json!({"task": "ingest_mtgjson_prices", "kwargs": {"file": "v4_history", "path": "v4.json"}}))
-        .await
-        .unwrap()
-    {
-        Invoked::Outcome(InvokeOutcome::Response(report)) => report,
-        other => panic!("ingest: {other:?}"),
-    };
+    let ingested = invoke(
+        &ingestion,
+        "ingest_mtgjson_prices",
+        json!({"file": "v4_history", "path": "v4.json"}),
+    )
+    .await;
     assert_eq!(ingested["status"], "succeeded", "{ingested}");
 
     let one_connection = stack
@@ -244,14 +248,7 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
     // deleted points off each row's count and drops the stored windows that held a deleted day: every row that
     // keeps its window still matches the reference, and the runs after it read what is left.
     let default = stack.function(Queue::Default, &[]).await.unwrap();
-    let pruned = match default
-        .invoke(json!({"task": "prune_price_history", "kwargs": {"keep_days": 61}}))
-        .await
-        .unwrap()
-    {
-        Invoked::Outcome(InvokeOutcome::Response(report)) => report,
-        other => panic!("prune: {other:?}"),
-    };
+    let pruned = invoke(&default, "prune_price_history", json!({"keep_days": 61})).await;
     assert_eq!(pruned["status"], "succeeded", "{pruned}");
     assert!(
         pruned["detail"]["deleted"].as_u64().unwrap() > 1000,

@@ -2,8 +2,8 @@
 //!
 //! The task says which series to compute (a query that ends in a CTE `latest`); the windows are read with
 //! [`WINDOWS`], computed with [`super::compute`] and written with `COPY`, each row with its window for the next
-//! run ([`super::window`]): new series' rows straight into the table, recomputed ones into a temporary table applied at the end ([`APPLY`]). When the pool can lend a second
-//! connection, reading, computing and writing overlap: a reader on that connection, in a transaction that
+//! run ([`super::window`]): new series' rows straight into the table, recomputed ones into a temporary table
+//! applied at the end ([`APPLY`]). When the pool can lend a second connection, reading, computing and writing overlap: a reader on that connection, in a transaction that
 //! imports the writing transaction's snapshot (so it sees exactly what a cursor in the writer would), streams
 //! the windows while the writer writes the previous chunk. Otherwise a cursor in the writing transaction reads
 //! one chunk at a time.
@@ -147,15 +147,10 @@ impl Chunk {
                     })?;
                 let new_days = w.new_days.take().unwrap_or_default();
                 let new_prices = w.new_prices.take().unwrap_or_default();
-                for (day, price) in new_days.into_iter().zip(new_prices) {
-                    match days.binary_search(&day) {
-                        Ok(i) => prices[i] = price.0,
-                        Err(i) => {
-                            days.insert(i, day);
-                            prices.insert(i, price.0);
-                        }
-                    }
-                }
+                let new_points = new_days
+                    .into_iter()
+                    .zip(new_prices.into_iter().map(|p| p.0));
+                window::lay_over(&mut days, &mut prices, new_points);
                 (days, prices)
             }
             None => {

@@ -76,6 +76,24 @@ pub fn decode(
     Ok((days, prices))
 }
 
+/// Lays new points over a window (`days` ascending): a day already there takes the new price, any other day is
+/// inserted in its place.
+pub fn lay_over(
+    days: &mut Vec<NaiveDate>,
+    prices: &mut Vec<Decimal>,
+    new_points: impl IntoIterator<Item = (NaiveDate, Decimal)>,
+) {
+    for (day, price) in new_points {
+        match days.binary_search(&day) {
+            Ok(i) => prices[i] = price,
+            Err(i) => {
+                days.insert(i, day);
+                prices.insert(i, price);
+            }
+        }
+    }
+}
+
 /// One LEB128 varint of at most 19 bytes (a zigzag mantissa under 2^97), and what follows it.
 fn varint(bytes: &[u8]) -> Result<(u128, &[u8]), Corrupt> {
     let mut value = 0u128;
@@ -151,6 +169,32 @@ mod tests {
         for (a, b) in back_prices.iter().zip(&prices) {
             assert_eq!(a.to_string(), b.to_string());
         }
+    }
+
+    #[test]
+    fn new_points_replace_their_day_or_take_their_place() {
+        let mut days = vec![day("2026-03-01"), day("2026-03-08"), day("2026-03-10")];
+        let mut prices = vec![d("1.00"), d("2.00"), d("3.00")];
+        let new = [
+            (day("2026-03-12"), d("5.00")),
+            (day("2026-03-10"), d("3.50")),
+            (day("2026-03-05"), d("1.50")),
+        ];
+        lay_over(&mut days, &mut prices, new);
+        assert_eq!(
+            days,
+            vec![
+                day("2026-03-01"),
+                day("2026-03-05"),
+                day("2026-03-08"),
+                day("2026-03-10"),
+                day("2026-03-12")
+            ]
+        );
+        assert_eq!(
+            prices,
+            vec![d("1.00"), d("1.50"), d("2.00"), d("3.50"), d("5.00")]
+        );
     }
 
     #[test]
