@@ -114,7 +114,8 @@ RETURNING kind
 "#;
 
 /// Buylist over retail: a buylist quote above the cheapest retail price of the same printing, finish,
-/// currency and day, by at least `$3` percent.
+/// currency and day, by at least `$3` percent. The buylist points are found through their own partial index
+/// by arrival (`price_points_buylist_recorded_at_idx`), in a full pass as in an incremental one.
 const ARBITRAGE: &str = r#"
 INSERT INTO price_signals (scryfall_id, kind, source, price_type, finish, currency, day, strength, details)
 SELECT b.scryfall_id, 'buylist_arbitrage', b.source, 'buylist', b.finish, b.currency, b.day,

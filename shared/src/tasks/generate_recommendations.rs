@@ -70,7 +70,10 @@ WITH touched AS (
     SELECT scryfall_id FROM price_signals WHERE $1 OR detected_at > $2
 ),
 main AS (
-    SELECT DISTINCT ON (m.scryfall_id) m.*
+    -- The columns judged, not m.*: the stored window would ride through the sort for nothing.
+    SELECT DISTINCT ON (m.scryfall_id) m.scryfall_id, m.source, m.price_type, m.finish, m.currency,
+        m.latest_day, m.latest_price, m.change_7d_pct, m.change_30d_pct, m.ma_30d, m.volatility_30d,
+        m.high_30d, m.low_30d, m.points
     FROM price_metrics m JOIN touched t USING (scryfall_id)
     WHERE m.price_type = 'retail'
     ORDER BY m.scryfall_id, (m.currency = 'USD') DESC, (m.finish = 'nonfoil') DESC, m.points DESC, m.source

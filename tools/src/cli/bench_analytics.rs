@@ -318,6 +318,7 @@ async fn generated_history(admin_url: &str, printings: i64, days: i64) -> Result
         "ALTER TABLE price_points DROP CONSTRAINT price_points_pkey",
         "DROP INDEX price_points_day_idx",
         "DROP INDEX price_points_recorded_at_idx",
+        "DROP INDEX price_points_buylist_recorded_at_idx",
         "ALTER TABLE price_points SET UNLOGGED",
     ] {
         sqlx::query(statement).execute(&pool).await?;
@@ -340,6 +341,7 @@ async fn generated_history(admin_url: &str, printings: i64, days: i64) -> Result
          PRIMARY KEY (scryfall_id, source, price_type, finish, currency, day) INCLUDE (price)",
         "CREATE INDEX price_points_day_idx ON price_points (day)",
         "CREATE INDEX price_points_recorded_at_idx ON price_points (recorded_at)",
+        "CREATE INDEX price_points_buylist_recorded_at_idx ON price_points (recorded_at) WHERE price_type = 'buylist'",
     ] {
         sqlx::query(statement).execute(&pool).await?;
     }
