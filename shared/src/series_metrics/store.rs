@@ -3,10 +3,10 @@
 //! The task says which series to compute (a query that ends in a CTE `latest`); the windows are read with
 //! [`WINDOWS`], computed with [`super::compute`] and written with `COPY`, each row with its window for the next
 //! run ([`super::window`]): new series' rows straight into the table, recomputed ones into a temporary table
-//! applied at the end ([`APPLY`]). When the pool can lend a second connection, reading, computing and writing overlap: a reader on that connection, in a transaction that
-//! imports the writing transaction's snapshot (so it sees exactly what a cursor in the writer would), streams
-//! the windows while the writer writes the previous chunk. Otherwise a cursor in the writing transaction reads
-//! one chunk at a time.
+//! applied at the end ([`APPLY`]). When the pool can lend a second connection, reading, computing and writing
+//! overlap: a reader on that connection, in a transaction that imports the writing transaction's snapshot (so
+//! it sees exactly what a cursor in the writer would), streams the windows while the writer writes the previous
+//! chunk. Otherwise a cursor in the writing transaction reads one chunk at a time.
 
 use std::time::Duration;
 

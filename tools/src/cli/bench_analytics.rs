@@ -313,16 +313,30 @@ async fn generated_history(admin_url: &str, printings: i64, days: i64) -> Result
     .bind(printings)
     .execute(&pool)
     .await?;
-    // Loaded without indexes, which are built afterwards (as a restore would).
-    for statement in [
-        "ALTER TABLE price_points DROP CONSTRAINT price_points_pkey",
-        "DROP INDEX price_points_day_idx",
-        "DROP INDEX price_points_recorded_at_idx",
-        "DROP INDEX price_points_buylist_recorded_at_idx",
-        "ALTER TABLE price_points SET UNLOGGED",
-    ] {
-        sqlx::query(statement).execute(&pool).await?;
+    // Loaded without indexes, which are built afterwards (as a restore would): each is rebuilt from the
+    // definition the migrations gave it, read back from the catalog, so the bench's table is the real one.
+    let primary_key: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'price_points_pkey'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexname::text, indexdef FROM pg_indexes \
+         WHERE schemaname = current_schema() AND tablename = 'price_points' AND indexname <> 'price_points_pkey'",
+    )
+    .fetch_all(&pool)
+    .await?;
+    sqlx::query("ALTER TABLE price_points DROP CONSTRAINT price_points_pkey")
+        .execute(&pool)
+        .await?;
+    for (name, _) in &indexes {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX {name}")))
+            .execute(&pool)
+            .await?;
     }
+    sqlx::query("ALTER TABLE price_points SET UNLOGGED")
+        .execute(&pool)
+        .await?;
     sqlx::query(
         "INSERT INTO price_points (scryfall_id, source, price_type, finish, currency, day, price, recorded_at) \
          SELECT md5('bench' || i)::uuid, 'tcgplayer', 'retail', 'nonfoil', 'USD', current_date - d::int, \
@@ -335,15 +349,18 @@ async fn generated_history(admin_url: &str, printings: i64, days: i64) -> Result
     .bind(days)
     .execute(&pool)
     .await?;
-    for statement in [
-        "ALTER TABLE price_points SET LOGGED",
-        "ALTER TABLE price_points ADD CONSTRAINT price_points_pkey \
-         PRIMARY KEY (scryfall_id, source, price_type, finish, currency, day) INCLUDE (price)",
-        "CREATE INDEX price_points_day_idx ON price_points (day)",
-        "CREATE INDEX price_points_recorded_at_idx ON price_points (recorded_at)",
-        "CREATE INDEX price_points_buylist_recorded_at_idx ON price_points (recorded_at) WHERE price_type = 'buylist'",
-    ] {
-        sqlx::query(statement).execute(&pool).await?;
+    sqlx::query("ALTER TABLE price_points SET LOGGED")
+        .execute(&pool)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE price_points ADD CONSTRAINT price_points_pkey {primary_key}"
+    )))
+    .execute(&pool)
+    .await?;
+    for (_, definition) in indexes {
+        sqlx::query(sqlx::AssertSqlSafe(definition))
+            .execute(&pool)
+            .await?;
     }
     eprintln!(
         "generated {printings} printings x {days} days in {:.1} s",
