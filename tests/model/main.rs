@@ -7,6 +7,7 @@ mod cron;
 mod dlq;
 mod ingestion;
 mod mtgjson;
+mod price_series;
 
 #[test]
 fn every_test_file_is_compiled() {

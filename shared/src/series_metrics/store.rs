@@ -266,18 +266,16 @@ impl Writer {
 }
 
 /// Computes and writes the metrics of the series that `latest` (SQL ending in a CTE `latest`, with `$1` the
-/// watermark when given) selects; returns how many series were computed and how many rows changed. A separate
-/// reader applies `reader_settings` (`SET LOCAL` statements) to its own transaction first.
+/// watermark when given) selects; returns how many series were computed and how many rows changed.
 pub async fn compute_and_write(
     pool: &PgPool,
     tx: &mut Transaction<'_, Postgres>,
     latest: &str,
     since: Option<DateTime<Utc>>,
-    reader_settings: &[&'static str],
 ) -> Result<(u64, u64), TaskError> {
     let windows = format!("{latest}{WINDOWS}");
     match reader_connection(pool).await {
-        Some(reader) => pipelined(tx, reader, &windows, since, reader_settings).await,
+        Some(reader) => pipelined(tx, reader, &windows, since).await,
         None => through_a_cursor(tx, &windows, since).await,
     }
 }
@@ -301,7 +299,6 @@ async fn pipelined(
     mut reader: PoolConnection<Postgres>,
     windows: &str,
     since: Option<DateTime<Utc>>,
-    reader_settings: &[&'static str],
 ) -> Result<(u64, u64), TaskError> {
     let (snapshot,): (String,) = sqlx::query_as("SELECT pg_export_snapshot()")
         .fetch_one(&mut **tx)
@@ -317,9 +314,6 @@ async fn pipelined(
     sqlx::raw_sql(crate::analytics::SESSION)
         .execute(&mut *rtx)
         .await?;
-    for setting in reader_settings {
-        sqlx::query(*setting).execute(&mut *rtx).await?;
-    }
     let (chunks_out, mut chunks_in) = tokio::sync::mpsc::channel::<Chunk>(2);
     let read = async {
         let chunks_out = chunks_out;

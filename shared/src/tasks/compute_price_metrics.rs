@@ -53,38 +53,29 @@ impl TaskReport for PriceMetricsReport {
     }
 }
 
-/// Every series' latest day and point count, for a full run. `latest` gives each series to compute its latest
-/// day, a count of its points up to `base_day` (the points after `base_day` are counted while its window is
-/// read, see `series_metrics::store`) and whether it has a metrics row.
+/// Every series with its latest day and point count, for a full run, from `price_series` (kept exact by the
+/// points' own statements, see its migration): grouping 36.5 million points by series took a third of a full
+/// run's read. `latest` gives each series to compute its latest day, its point count as the base (no point lies
+/// after `base_day`, see `series_metrics::store`) and whether it has a metrics row.
 const FULL: &str = r#"
-WITH counted AS (
-    SELECT scryfall_id, source, price_type, finish, currency, max(day) AS latest_day, count(*) AS points
-    FROM price_points
-    GROUP BY 1, 2, 3, 4, 5
-),
-latest AS (
-    SELECT c.scryfall_id, c.source, c.price_type, c.finish, c.currency, c.latest_day,
-        c.latest_day AS base_day, c.points AS base_points, m.scryfall_id IS NOT NULL AS has_row,
+WITH latest AS (
+    SELECT s.scryfall_id, s.source, s.price_type, s.finish, s.currency, s.latest_day,
+        s.latest_day AS base_day, s.points AS base_points, m.scryfall_id IS NOT NULL AS has_row,
         NULL::bytea AS stored_window, NULL::date[] AS new_days, NULL::numeric[] AS new_prices
-    FROM counted c
+    FROM price_series s
     LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
-                               = (c.scryfall_id, c.source, c.price_type, c.finish, c.currency)
+                               = (s.scryfall_id, s.source, s.price_type, s.finish, s.currency)
 )"#;
-
-/// How a separate reader plans `FULL`: the series are counted in key order by a grouped index scan rather than
-/// hashed over the whole table, so the first chunk reaches the writer at once instead of after every point
-/// has been counted (on the v4 history the count takes about 0.5 s; the whole read is no slower).
-const FULL_READER: &[&str] = &["SET LOCAL enable_hashagg = off", "SET LOCAL enable_sort = off"];
 
 /// The latest day and point count of the series with points recorded after `$1`. A series that only received
 /// its previous latest day again (a new price) or days after it (the daily case) keeps its previous count as
 /// the base, and the points after its previous latest day are counted in its window, which holds them all when
 /// they lie within 60 days of it; its latest day is the newest of them. Such a series with a stored window
 /// also has its window from that and its new points (those of its previous latest day and after, gathered in
-/// the one pass over the new points), and none of its points are read. Any other series is recounted, its
-/// latest day looked up and its window read from the points. The new points are joined to their metrics rows
-/// once, before they are grouped by series: a join per series cost more than the grouping. (A latest point is
-/// never deleted: pruning keeps each week's last point.)
+/// the one pass over the new points), and none of its points are read. Any other series takes its count and
+/// latest day from `price_series` and has its window read from the points. The new points are joined to their
+/// metrics rows once, before they are grouped by series: a join per series cost more than the grouping. (A
+/// latest point is never deleted: pruning keeps each week's last point.)
 const INCREMENTAL: &str = r#"
 WITH touched AS (
     SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency,
@@ -110,13 +101,11 @@ latest AS MATERIALIZED (
             t.window_points AS stored_window
         WHERE t.first_new_day >= t.row_day AND t.last_new_day - t.row_day <= 60
         UNION ALL
-        SELECT r.latest_day, r.latest_day, r.points, NULL::bytea
-        FROM (
-            SELECT max(p.day) AS latest_day, count(*) AS points FROM price_points p
-            WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
-                = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
-        ) r
-        WHERE NOT coalesce(t.first_new_day >= t.row_day AND t.last_new_day - t.row_day <= 60, false)
+        SELECT s.latest_day, s.latest_day, s.points, NULL::bytea
+        FROM price_series s
+        WHERE (s.scryfall_id, s.source, s.price_type, s.finish, s.currency)
+            = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
+          AND NOT coalesce(t.first_new_day >= t.row_day AND t.last_new_day - t.row_day <= 60, false)
     ) c
 )"#;
 
@@ -144,8 +133,8 @@ impl Task for ComputePriceMetrics {
         let mark = Watermark::read(&mut tx, WATERMARK).await?;
         let full = args.full || mark.since.is_none();
         let (series, changed) = match mark.since {
-            Some(since) if !full => series_metrics::store::compute_and_write(ctx.db(), &mut tx, INCREMENTAL, Some(since), &[]).await?,
-            _ => series_metrics::store::compute_and_write(ctx.db(), &mut tx, FULL, None, FULL_READER).await?,
+            Some(since) if !full => series_metrics::store::compute_and_write(ctx.db(), &mut tx, INCREMENTAL, Some(since)).await?,
+            _ => series_metrics::store::compute_and_write(ctx.db(), &mut tx, FULL, None).await?,
         };
         mark.advance(&mut tx).await?;
         tx.commit().await?;
