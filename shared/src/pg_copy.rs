@@ -53,9 +53,16 @@ impl CopyRows {
 
     /// Appends a `bytea` field in its hex form (`\x` and two digits a byte; the backslash escaped for `COPY`).
     pub fn bytes(&mut self, value: &[u8]) -> &mut Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         self.separate();
         self.text.push_str("\\\\x");
-        self.text.push_str(&hex::encode(value));
+        // Straight into the text: `hex::encode` builds a string a char at a time, which was a tenth of the
+        // client's time in a run that writes every series' window.
+        self.text.reserve(value.len() * 2);
+        for &byte in value {
+            self.text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            self.text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+        }
         self
     }
 

@@ -5,8 +5,9 @@
 //! run ([`super::window`]): new series' rows straight into the table, recomputed ones into a temporary table
 //! applied at the end ([`APPLY`]). When the pool can lend a second connection, reading, computing and writing
 //! overlap: a reader on that connection, in a transaction that imports the writing transaction's snapshot (so
-//! it sees exactly what a cursor in the writer would), streams the windows while the writer writes the previous
-//! chunk. Otherwise a cursor in the writing transaction reads one chunk at a time.
+//! it sees exactly what a cursor in the writer would), streams the windows, each chunk is computed on a blocking
+//! thread, and the writer writes the previous chunk. Otherwise a cursor in the writing transaction reads one
+//! chunk at a time.
 
 use std::time::Duration;
 
@@ -220,10 +221,18 @@ impl Chunk {
         Ok(true)
     }
 
-    fn len(&self) -> usize {
-        (self.new.rows() + self.recomputed.rows()) as usize
+    /// Computes a batch of windows into a chunk; returns it with how many series had metrics.
+    fn compute(windows: Vec<SeriesWindow>) -> Result<(u64, Chunk), TaskError> {
+        let (mut series, mut chunk) = (0u64, Chunk::default());
+        for window in windows {
+            series += u64::from(chunk.push(window)?);
+        }
+        Ok((series, chunk))
     }
 }
+
+/// A chunk being computed on a blocking thread.
+type Computing = tokio::task::JoinHandle<Result<(u64, Chunk), TaskError>>;
 
 /// Writes the chunks of one run in the writing transaction: the new rows at once, the recomputed ones at the
 /// end.
@@ -314,35 +323,50 @@ async fn pipelined(
     sqlx::raw_sql(crate::analytics::SESSION)
         .execute(&mut *rtx)
         .await?;
-    let (chunks_out, mut chunks_in) = tokio::sync::mpsc::channel::<Chunk>(2);
+    // Each chunk is computed on a blocking thread while the reader reads the next and the writer copies the
+    // previous: computed in the reading future, a chunk held up both the reader's connection and the writer's.
+    let (computing_out, mut computing_in) = tokio::sync::mpsc::channel::<Computing>(2);
     let read = async {
-        let chunks_out = chunks_out;
+        let computing_out = computing_out;
         let mut query = sqlx::query_as::<_, SeriesWindow>(sqlx::AssertSqlSafe(windows));
         if let Some(since) = since {
             query = query.bind(since);
         }
         let mut rows = query.fetch(&mut *rtx);
-        let (mut series, mut chunk) = (0u64, Chunk::default());
-        while let Some(window) = rows.try_next().await? {
-            series += u64::from(chunk.push(window)?);
-            if chunk.len() == CHUNK && chunks_out.send(std::mem::take(&mut chunk)).await.is_err() {
-                // The writer stopped on an error, which it reports.
-                return Ok(series);
+        let mut batch = Vec::with_capacity(CHUNK);
+        loop {
+            let next = rows.try_next().await?;
+            let end = next.is_none();
+            batch.extend(next);
+            if batch.len() == CHUNK || (end && !batch.is_empty()) {
+                let windows = std::mem::replace(&mut batch, Vec::with_capacity(CHUNK));
+                let computing = tokio::task::spawn_blocking(move || Chunk::compute(windows));
+                if computing_out.send(computing).await.is_err() {
+                    // The writer stopped on an error, which it reports.
+                    break;
+                }
+            }
+            if end {
+                break;
             }
         }
-        if chunk.len() > 0 {
-            let _ = chunks_out.send(chunk).await;
-        }
-        Ok::<u64, TaskError>(series)
+        Ok::<(), TaskError>(())
     };
     let write = async {
-        let mut writer = Writer::default();
-        while let Some(chunk) = chunks_in.recv().await {
+        let (mut series, mut writer) = (0u64, Writer::default());
+        while let Some(computing) = computing_in.recv().await {
+            let (computed, chunk) = computing.await.map_err(|e| {
+                TaskError::permanent(
+                    crate::error::class::TASK_FAILED,
+                    format!("computing a chunk of series metrics failed: {e}"),
+                )
+            })??;
+            series += computed;
             writer.write(tx, chunk).await?;
         }
-        Ok::<Writer, TaskError>(writer)
+        Ok::<(u64, Writer), TaskError>((series, writer))
     };
-    let (series, writer) = tokio::try_join!(read, write)?;
+    let ((), (series, writer)) = tokio::try_join!(read, write)?;
     rtx.rollback().await?;
     Ok((series, writer.finish(tx).await?))
 }
@@ -366,10 +390,8 @@ async fn through_a_cursor(
             .fetch_all(&mut **tx)
             .await?;
         let last = windows.len() < CHUNK;
-        let mut chunk = Chunk::default();
-        for window in windows {
-            series += u64::from(chunk.push(window)?);
-        }
+        let (computed, chunk) = Chunk::compute(windows)?;
+        series += computed;
         writer.write(tx, chunk).await?;
         if last {
             break;
