@@ -56,7 +56,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn printing_id(printing: u8) -> uuid::Uuid {
-    uuid::Uuid::from_u128(0x5e51e5_0000_4000_8000_000000000000 + u128::from(printing))
+    uuid::Uuid::from_u128(0x005e_51e5_0000_4000_8000_0000_0000_0000 + u128::from(printing))
 }
 
 fn day(d: u8) -> NaiveDate {
