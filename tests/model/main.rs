@@ -3,6 +3,7 @@
 //! generated from a fixed seed. `make test` runs a bounded number of cases; `make test-deep` many more.
 
 mod batch;
+mod binary_copy;
 mod cron;
 mod dlq;
 mod ingestion;

@@ -1,5 +1,5 @@
-//! Rows for `COPY ... FROM STDIN` in Postgres' text format, and sending them: fields separated by tabs, rows by
-//! newlines, `\N` for NULL, and backslash, tab, newline and carriage return escaped inside a field.
+//! `COPY`'s text format: fields separated by tabs, rows by newlines, `\N` for NULL, and backslash, tab, newline
+//! and carriage return escaped inside a field.
 
 use std::fmt::{Display, Write as _};
 
@@ -93,12 +93,7 @@ impl CopyRows {
         statement: &'static str,
     ) -> Result<u64, sqlx::Error> {
         debug_assert!(!self.row_started, "a row was left unfinished");
-        let mut copy = conn.copy_in_raw(statement).await?;
-        if let Err(e) = copy.send(self.text.into_bytes()).await {
-            let _ = copy.abort("sending failed").await;
-            return Err(e);
-        }
-        copy.finish().await
+        super::send(conn, statement, self.text.into_bytes()).await
     }
 }
 
