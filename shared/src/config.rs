@@ -62,6 +62,9 @@ pub struct Settings {
     /// Long ingestions stop and continue in a follow-up message when less than this remains
     /// (`DD_INGEST_RESERVE_MS`, default 60000).
     pub ingest_reserve: Duration,
+    /// Series that `compute_price_metrics` reads, computes and writes at a time (`DD_METRICS_CHUNK_SERIES`,
+    /// default 2000): its memory stays bounded at any catalog size.
+    pub metrics_chunk: usize,
     /// Each run writes its CloudWatch EMF line to stdout unless `DD_METRICS_DISABLED` is set (to anything):
     /// local tools and tests, whose stdout is a terminal or a report, turn it off.
     pub emit_metrics: bool,
@@ -139,6 +142,7 @@ impl Settings {
                 60_000,
                 0..=900_000,
             )?),
+            metrics_chunk: parse_or(&lookup, "DD_METRICS_CHUNK_SERIES", 2_000, 1..=100_000)?,
             emit_metrics: lookup("DD_METRICS_DISABLED").is_none(),
         })
     }

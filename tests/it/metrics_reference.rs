@@ -4,7 +4,8 @@
 //! it stores; after a full run and after incremental ones over daily points, backfills, repricings and a prune,
 //! every row must read the same.
 //! The full run goes through a function with one database connection (a cursor reads the windows), the
-//! incremental one through a function with two (a reader on the second connection streams them).
+//! incremental one through a function with two (a reader on the second connection streams them); both write in
+//! chunks of under a hundred series, so every run copies and applies many chunks.
 
 use serde_json::{json, Value};
 
@@ -143,7 +144,7 @@ async fn compared(stack: &TestStack, all: bool) -> (i64, Vec<String>) {
 #[tokio::test]
 async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incremental_runs() {
     let stack = TestStack::start().await.unwrap();
-    let (_server, ingestion, analytics) = functions_with_v4_history(&stack).await;
+    let (_server, ingestion, _) = functions_with_v4_history(&stack).await;
     let ingested = invoke(
         &ingestion,
         "ingest_mtgjson_prices",
@@ -153,7 +154,13 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
     assert_eq!(ingested["status"], "succeeded", "{ingested}");
 
     let one_connection = stack
-        .function(Queue::Analytics, &[("DD_DB_MAX_CONNECTIONS", "1")])
+        .function(
+            Queue::Analytics,
+            &[
+                ("DD_DB_MAX_CONNECTIONS", "1"),
+                ("DD_METRICS_CHUNK_SERIES", "97"),
+            ],
+        )
         .await
         .unwrap();
     let full = run(&one_connection, json!({"full": true})).await;
@@ -204,6 +211,10 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
     .fetch_one(&stack.pool)
     .await
     .unwrap();
+    let analytics = stack
+        .function(Queue::Analytics, &[("DD_METRICS_CHUNK_SERIES", "89")])
+        .await
+        .unwrap();
     let incremental = run(&analytics, json!({})).await;
     assert_eq!(incremental["status"], "succeeded", "{incremental}");
     assert_eq!(incremental["detail"]["full"], false, "{incremental}");

@@ -132,10 +132,12 @@ impl Task for ComputePriceMetrics {
         let mut tx = analytics::begin(ctx.db()).await?;
         let mark = Watermark::read(&mut tx, WATERMARK).await?;
         let full = args.full || mark.since.is_none();
-        let (series, changed) = match mark.since {
-            Some(since) if !full => series_metrics::store::compute_and_write(ctx.db(), &mut tx, INCREMENTAL, Some(since)).await?,
-            _ => series_metrics::store::compute_and_write(ctx.db(), &mut tx, FULL, None).await?,
+        let (latest, since) = match mark.since {
+            Some(since) if !full => (INCREMENTAL, Some(since)),
+            _ => (FULL, None),
         };
+        let chunk = ctx.settings().metrics_chunk;
+        let (series, changed) = series_metrics::store::compute_and_write(ctx.db(), &mut tx, latest, since, chunk).await?;
         mark.advance(&mut tx).await?;
         tx.commit().await?;
         if changed > 0 {
