@@ -110,11 +110,14 @@ pub fn write_binary(value: Decimal, out: &mut Vec<u8>) {
     // At most 96 bits times 10^3: well inside a u128.
     let mut rest = value.mantissa().unsigned_abs() * 10u128.pow(pad);
     let fraction_digits = ((scale + pad) / 4) as i16;
-    let mut digits = Vec::with_capacity(8);
+    // Under 10^33, so at most 9 base-10,000 digits: kept on the stack, as every metrics row writes 14 of these.
+    let (mut found, mut count) = ([0u16; 9], 0);
     while rest > 0 {
-        digits.push((rest % 10_000) as u16);
+        found[count] = (rest % 10_000) as u16;
+        count += 1;
         rest /= 10_000;
     }
+    let digits = &found[..count];
     // The last digit found is the first one written; its power of 10,000 follows from the fraction's digits.
     let weight = digits.len() as i16 - 1 - fraction_digits;
     let trailing = digits.iter().take_while(|&&d| d == 0).count();

@@ -109,6 +109,7 @@ impl BinaryRows {
         let at = self.start_field();
         self.data.extend_from_slice(&[0; 4]);
         value.write(&mut self.data);
+        // Postgres refuses a field over 1 GB anyway; these are at most a window's few hundred bytes.
         let length = i32::try_from(self.data.len() - at - 4).unwrap_or(i32::MAX);
         self.data[at..at + 4].copy_from_slice(&length.to_be_bytes());
         self
