@@ -38,11 +38,30 @@ async fn postgres_restarting_mid_run_loses_nothing_and_doubles_nothing() {
             .await
             .unwrap();
     }
-    let outage = tokio::task::spawn_blocking(|| {
-        std::thread::sleep(Duration::from_millis(800));
-        let down = chrono::Utc::now();
-        stack_script(&["restart-postgres", "3"]);
-        (down, chrono::Utc::now())
+    // The outage starts once a few pings have finished, however long the function takes to get going: a fixed
+    // delay let it fall before the first one on a slow machine.
+    let pool = stack.pool.clone();
+    let outage = tokio::spawn(async move {
+        let waiting = std::time::Instant::now();
+        while waiting.elapsed() < Duration::from_secs(60) {
+            let finished: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM task_runs WHERE task = 'ping' AND status = 'succeeded'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if finished >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::task::spawn_blocking(|| {
+            let down = chrono::Utc::now();
+            stack_script(&["restart-postgres", "3"]);
+            (down, chrono::Utc::now())
+        })
+        .await
+        .unwrap()
     });
     let dispatches = stack
         .drain(&source, &function, Duration::from_secs(180))
