@@ -79,6 +79,11 @@ impl TaskReport for SignalsReport {
 }
 
 /// Spikes and drops from the metrics computed since `$2` (all when `$1`).
+///
+/// Each threshold the metrics' `numeric` columns are compared with is made `numeric` once per statement, in a
+/// scalar subquery: compared with a `float8`, every row's value was converted to `float8` through its text form,
+/// and a generic plan would convert the parameter for every row as well. The spikes' and drops' filter over the
+/// 60,149 v4 metrics rows took 23-30 ms this way against 35-51 ms (a generic plan, four runs each).
 const MOVES: &str = r#"
 INSERT INTO price_signals (scryfall_id, kind, source, price_type, finish, currency, day, strength, details)
 SELECT m.scryfall_id, CASE WHEN m.change_7d_pct > 0 THEN 'spike' ELSE 'drop' END,
@@ -89,8 +94,8 @@ SELECT m.scryfall_id, CASE WHEN m.change_7d_pct > 0 THEN 'spike' ELSE 'drop' END
                           'log_move', ln(1 + m.change_7d_pct / 100)::float8)
 FROM price_metrics m
 WHERE ($1::boolean OR m.computed_at > $2::timestamptz)
-  AND m.price_type = 'retail' AND m.latest_price >= $3::float8 AND m.change_7d_pct IS NOT NULL
-  AND (m.change_7d_pct >= $4::float8 OR m.change_7d_pct <= -$5::float8)
+  AND m.price_type = 'retail' AND m.latest_price >= (SELECT $3::float8::numeric) AND m.change_7d_pct IS NOT NULL
+  AND (m.change_7d_pct >= (SELECT $4::float8::numeric) OR m.change_7d_pct <= (SELECT -$5::float8::numeric))
   AND m.change_7d_pct > -100
   AND (m.volatility_30d IS NULL OR m.volatility_30d = 0
        OR abs(ln(1 + m.change_7d_pct / 100)::float8) >= $6::float8 * m.volatility_30d)
@@ -107,7 +112,7 @@ SELECT m.scryfall_id, 'breakout', m.source, m.price_type, m.finish, m.currency, 
                           'prior_points', m.prior_points_30d)
 FROM price_metrics m
 WHERE ($1::boolean OR m.computed_at > $2::timestamptz)
-  AND m.price_type = 'retail' AND m.latest_price >= $3::float8
+  AND m.price_type = 'retail' AND m.latest_price >= (SELECT $3::float8::numeric)
   AND m.prior_points_30d > 0 AND m.prior_high_30d > 0 AND m.latest_price > m.prior_high_30d
 ON CONFLICT DO NOTHING
 RETURNING kind
@@ -130,7 +135,7 @@ CROSS JOIN LATERAL (
     ORDER BY p.price, p.source LIMIT 1
 ) r
 WHERE b.price_type = 'buylist' AND ($1::boolean OR b.recorded_at > $2::timestamptz)
-  AND b.price >= r.price * (1 + $3::float8 / 100)::numeric
+  AND b.price >= r.price * (SELECT (1 + $3::float8 / 100)::numeric)
 ON CONFLICT DO NOTHING
 RETURNING kind
 "#;
