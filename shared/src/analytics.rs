@@ -32,6 +32,20 @@ pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, Task
     Ok(tx)
 }
 
+/// Begins an analytics step's transaction in one snapshot (`REPEATABLE READ`), with [`SESSION`]: for a step
+/// that updates rows found by the place it read them at ([`crate::pg_tid`]). A row another transaction changed
+/// since the snapshot fails the step with a serialization failure, which is retried, rather than being missed
+/// or overwritten with values computed from its old version.
+pub async fn begin_in_one_snapshot(
+    pool: &PgPool,
+) -> Result<Transaction<'static, Postgres>, TaskError> {
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    sqlx::raw_sql(SESSION).execute(&mut *tx).await?;
+    Ok(tx)
+}
+
 /// How every analytics step retries.
 pub const RETRY: RetryPolicy =
     RetryPolicy::new(3, Duration::from_secs(10), Duration::from_secs(300));

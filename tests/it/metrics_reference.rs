@@ -336,3 +336,70 @@ async fn binary_numerics_read_as_postgres_prints_them() {
         assert_eq!(read.0.to_string(), *printed);
     }
 }
+
+/// The metrics run finds each row it rewrites at the place its snapshot read it ([`dualcaster::pg_tid`]), in a
+/// `REPEATABLE READ` transaction. Postgres is the oracle for both premises: every place reads as Postgres prints
+/// it, and a row changed by another transaction after the snapshot fails the update with a serialization
+/// failure (retried as transient) where `READ COMMITTED` would miss it without a word.
+#[tokio::test]
+async fn a_row_changed_since_the_snapshot_fails_an_update_by_place_instead_of_being_missed() {
+    use dualcaster::error::{ErrorKind, TaskError};
+    use dualcaster::pg_tid::PgTid;
+    let stack = TestStack::start().await.unwrap();
+    let pool = &stack.pool;
+    sqlx::raw_sql(
+        "CREATE TABLE places (id int PRIMARY KEY, v int NOT NULL); \
+         INSERT INTO places SELECT i, 0 FROM generate_series(1, 3000) i; \
+         UPDATE places SET v = 1 WHERE id % 7 = 0",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let places: Vec<(PgTid, String)> = sqlx::query_as("SELECT ctid, ctid::text FROM places")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(places.len(), 3000);
+    assert!(places.iter().any(|(tid, _)| tid.block > 0));
+    for (tid, printed) in &places {
+        assert_eq!(format!("({},{})", tid.block, tid.offset), *printed);
+    }
+
+    for (isolation, begin) in [
+        ("REPEATABLE READ", "BEGIN ISOLATION LEVEL REPEATABLE READ"),
+        ("READ COMMITTED", "BEGIN ISOLATION LEVEL READ COMMITTED"),
+    ] {
+        let mut run = pool.begin_with(begin).await.unwrap();
+        let place: String = sqlx::query_scalar("SELECT ctid::text FROM places WHERE id = 42")
+            .fetch_one(&mut *run)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE places SET v = v + 10 WHERE id = 42")
+            .execute(pool)
+            .await
+            .unwrap();
+        let update = sqlx::query("UPDATE places SET v = -1 WHERE ctid = $1::tid AND id = 42")
+            .bind(&place)
+            .execute(&mut *run)
+            .await;
+        match isolation {
+            "REPEATABLE READ" => {
+                let err = update.expect_err("an update of a row changed since the snapshot");
+                let code = err
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    .map(|c| c.into_owned());
+                assert_eq!(code.as_deref(), Some("40001"), "{err}");
+                assert_eq!(TaskError::from(err).kind(), ErrorKind::Retryable);
+            }
+            _ => assert_eq!(update.unwrap().rows_affected(), 0),
+        }
+        run.rollback().await.unwrap();
+    }
+    let v: i32 = sqlx::query_scalar("SELECT v FROM places WHERE id = 42")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(v, 21, "both concurrent updates stand and neither run wrote");
+    stack.cleanup().await;
+}

@@ -60,7 +60,7 @@ impl TaskReport for PriceMetricsReport {
 const FULL: &str = r#"
 WITH latest AS (
     SELECT s.scryfall_id, s.source, s.price_type, s.finish, s.currency, s.latest_day,
-        s.latest_day AS base_day, s.points AS base_points, m.scryfall_id IS NOT NULL AS has_row,
+        s.latest_day AS base_day, s.points AS base_points, m.ctid AS row_tid,
         NULL::bytea AS stored_window, NULL::date[] AS new_days, NULL::numeric[] AS new_prices
     FROM price_series s
     LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
@@ -80,7 +80,7 @@ const INCREMENTAL: &str = r#"
 WITH touched AS (
     SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency,
         min(p.day) AS first_new_day, max(p.day) AS last_new_day,
-        m.scryfall_id IS NOT NULL AS has_row, m.latest_day AS row_day, m.points AS row_points, m.window_points,
+        m.ctid AS row_tid, m.latest_day AS row_day, m.points AS row_points, m.window_points,
         array_agg(p.day) FILTER (WHERE p.day BETWEEN m.latest_day AND m.latest_day + 60) AS new_days,
         array_agg(p.price) FILTER (WHERE p.day BETWEEN m.latest_day AND m.latest_day + 60) AS new_prices
     FROM price_points p
@@ -88,11 +88,11 @@ WITH touched AS (
                                = (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
     WHERE p.recorded_at > $1
     GROUP BY p.scryfall_id, p.source, p.price_type, p.finish, p.currency,
-        m.scryfall_id, m.source, m.price_type, m.finish, m.currency
+        m.scryfall_id, m.source, m.price_type, m.finish, m.currency, m.ctid
 ),
 latest AS MATERIALIZED (
     SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency, c.latest_day, c.base_day, c.base_points,
-        t.has_row, c.stored_window,
+        t.row_tid, c.stored_window,
         CASE WHEN c.stored_window IS NOT NULL THEN t.new_days END AS new_days,
         CASE WHEN c.stored_window IS NOT NULL THEN t.new_prices END AS new_prices
     FROM touched t
@@ -129,7 +129,7 @@ impl Task for ComputePriceMetrics {
     type Report = PriceMetricsReport;
 
     async fn run(args: ComputePriceMetricsArgs, ctx: TaskContext) -> Result<PriceMetricsReport, TaskError> {
-        let mut tx = analytics::begin(ctx.db()).await?;
+        let mut tx = analytics::begin_in_one_snapshot(ctx.db()).await?;
         let mark = Watermark::read(&mut tx, WATERMARK).await?;
         let full = args.full || mark.since.is_none();
         let (latest, since) = match mark.since {
