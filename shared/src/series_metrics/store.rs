@@ -323,9 +323,12 @@ async fn reader_connection(pool: &PgPool) -> Option<PoolConnection<Postgres>> {
 
 /// The reader streams the windows on its own connection, in the writer's snapshot, and hands over computed
 /// chunks (at most two waiting) while the writer writes.
+///
+/// The reader is a task of its own, so that decoding a chunk's rows runs beside the writer's statements on
+/// another thread: polled in the writer's task, it held up the next chunk's `COPY` while it decoded.
 async fn pipelined(
     tx: &mut Transaction<'_, Postgres>,
-    mut reader: PoolConnection<Postgres>,
+    reader: PoolConnection<Postgres>,
     windows: &str,
     since: Option<DateTime<Utc>>,
     chunk: usize,
@@ -333,47 +336,16 @@ async fn pipelined(
     let (snapshot,): (String,) = sqlx::query_as("SELECT pg_export_snapshot()")
         .fetch_one(&mut **tx)
         .await?;
-    let mut rtx = reader
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SET TRANSACTION SNAPSHOT '{snapshot}'"
-    )))
-    .execute(&mut *rtx)
-    .await?;
-    sqlx::raw_sql(crate::analytics::SESSION)
-        .execute(&mut *rtx)
-        .await?;
-    // Each chunk is computed on a blocking thread while the reader reads the next and the writer copies the
-    // previous: computed in the reading future, a chunk held up both the reader's connection and the writer's.
     let (computing_out, mut computing_in) = tokio::sync::mpsc::channel::<Computing>(2);
-    let read = async {
-        let computing_out = computing_out;
-        let mut query = sqlx::query_as::<_, SeriesWindow>(sqlx::AssertSqlSafe(windows));
-        if let Some(since) = since {
-            query = query.bind(since);
-        }
-        let mut rows = query.fetch(&mut *rtx);
-        let mut batch = Vec::with_capacity(chunk);
-        loop {
-            let next = rows.try_next().await?;
-            let end = next.is_none();
-            batch.extend(next);
-            if batch.len() == chunk || (end && !batch.is_empty()) {
-                let windows = std::mem::replace(&mut batch, Vec::with_capacity(chunk));
-                let computing = tokio::task::spawn_blocking(move || Chunk::compute(windows));
-                if computing_out.send(computing).await.is_err() {
-                    // The writer stopped on an error, which it reports.
-                    break;
-                }
-            }
-            if end {
-                break;
-            }
-        }
-        Ok::<(), TaskError>(())
-    };
-    let write = async {
+    let reading = tokio::spawn(read_windows(
+        reader,
+        snapshot,
+        windows.to_owned(),
+        since,
+        chunk,
+        computing_out,
+    ));
+    let written = async {
         let (mut series, mut writer) = (0u64, Writer::default());
         while let Some(computing) = computing_in.recv().await {
             let (computed, chunk) = computing.await.map_err(|e| {
@@ -386,10 +358,73 @@ async fn pipelined(
             writer.write(tx, chunk).await?;
         }
         Ok::<(u64, Writer), TaskError>((series, writer))
-    };
-    let ((), (series, writer)) = tokio::try_join!(read, write)?;
-    rtx.rollback().await?;
+    }
+    .await;
+    if written.is_err() {
+        // The reader may be waiting on Postgres rather than on the writer: it is not needed any more.
+        reading.abort();
+    }
+    let read = reading.await;
+    let (series, writer) = written?;
+    // The writer ran out of chunks: the reader finished, or it failed, which fails the run.
+    read.map_err(|e| {
+        TaskError::permanent(
+            crate::error::class::TASK_FAILED,
+            format!("reading the series' windows failed: {e}"),
+        )
+    })??;
     Ok((series, writer.finish(tx).await?))
+}
+
+/// Streams the windows in the writing transaction's snapshot on the reader's connection, and starts computing
+/// each chunk on a blocking thread as soon as it is read.
+async fn read_windows(
+    mut reader: PoolConnection<Postgres>,
+    snapshot: String,
+    windows: String,
+    since: Option<DateTime<Utc>>,
+    chunk: usize,
+    computing_out: tokio::sync::mpsc::Sender<Computing>,
+) -> Result<(), TaskError> {
+    let mut rtx = reader
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET TRANSACTION SNAPSHOT '{snapshot}'"
+    )))
+    .execute(&mut *rtx)
+    .await?;
+    sqlx::raw_sql(crate::analytics::SESSION)
+        .execute(&mut *rtx)
+        .await?;
+    {
+        let mut query = sqlx::query_as::<_, SeriesWindow>(sqlx::AssertSqlSafe(windows.as_str()));
+        if let Some(since) = since {
+            query = query.bind(since);
+        }
+        let mut rows = query.fetch(&mut *rtx);
+        let mut batch = Vec::with_capacity(chunk);
+        loop {
+            let next = rows.try_next().await?;
+            let end = next.is_none();
+            batch.extend(next);
+            if batch.len() == chunk || (end && !batch.is_empty()) {
+                let windows = std::mem::replace(&mut batch, Vec::with_capacity(chunk));
+                // Computed on a blocking thread while this task reads the next chunk and the writer copies the
+                // previous one.
+                let computing = tokio::task::spawn_blocking(move || Chunk::compute(windows));
+                if computing_out.send(computing).await.is_err() {
+                    // The writer stopped on an error, which it reports.
+                    break;
+                }
+            }
+            if end {
+                break;
+            }
+        }
+    }
+    rtx.rollback().await?;
+    Ok(())
 }
 
 /// A cursor in the writing transaction, read a chunk at a time.
