@@ -397,6 +397,12 @@ async fn read_windows(
     sqlx::raw_sql(crate::analytics::SESSION)
         .execute(&mut *rtx)
         .await?;
+    // The writer waits for the first chunk, and a hash join returns nothing before it has taken in its whole
+    // inner side: planned without one, the series are matched with their metrics rows in key order and stream
+    // out from the start (see `compute_price_metrics`' `INCREMENTAL`).
+    sqlx::query("SET LOCAL enable_hashjoin = off")
+        .execute(&mut *rtx)
+        .await?;
     {
         let mut query = sqlx::query_as::<_, SeriesWindow>(sqlx::AssertSqlSafe(windows.as_str()));
         if let Some(since) = since {
