@@ -68,7 +68,7 @@ const COPY_NEW: &str = concat!(
 /// transaction a chunk at a time, each with the place its row had in the run's snapshot (`row_tid`, read with
 /// the window), and each chunk is applied by [`APPLY`] before the next one is copied, while the reader reads the
 /// next chunks. One `UPDATE` of the whole run at the end hashed every row, after the last chunk was read: on the
-/// v4 history it took 1.09 s after a 0.77 s read, where the chunks' probes took 0.89 s in all and overlap the
+/// v4 history it took 1.09 s after a 0.77 s read, where the chunks' updates took 0.89 s in all and overlap the
 /// read.
 const STAGE: &str = "CREATE TEMP TABLE price_metrics_recomputed (LIKE price_metrics INCLUDING DEFAULTS, row_tid tid) \
                      ON COMMIT DROP";
