@@ -27,9 +27,7 @@ pub const SESSION: &str =
 
 /// Begins an analytics step's transaction, with [`SESSION`].
 pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, TaskError> {
-    let mut tx = pool.begin().await?;
-    sqlx::raw_sql(SESSION).execute(&mut *tx).await?;
-    Ok(tx)
+    begin_with(pool, "BEGIN").await
 }
 
 /// Begins an analytics step's transaction in one snapshot (`REPEATABLE READ`), with [`SESSION`]: for a step
@@ -39,9 +37,14 @@ pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, Task
 pub async fn begin_in_one_snapshot(
     pool: &PgPool,
 ) -> Result<Transaction<'static, Postgres>, TaskError> {
-    let mut tx = pool
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        .await?;
+    begin_with(pool, "BEGIN ISOLATION LEVEL REPEATABLE READ").await
+}
+
+async fn begin_with(
+    pool: &PgPool,
+    statement: &'static str,
+) -> Result<Transaction<'static, Postgres>, TaskError> {
+    let mut tx = pool.begin_with(statement).await?;
     sqlx::raw_sql(SESSION).execute(&mut *tx).await?;
     Ok(tx)
 }
