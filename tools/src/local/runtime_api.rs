@@ -151,7 +151,10 @@ async fn next(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         let mut queue = shared.queue.lock().await;
         loop {
             match queue.recv().await {
-                None => return (StatusCode::GONE, HeaderMap::new(), Bytes::new()),
+                // The harness has let the function go and is killing the process. The real Runtime API
+                // holds a poll open until there is work and never answers one without an invocation
+                // (`lambda_runtime` panics on a reply without a request id), so the poll stays open.
+                None => std::future::pending::<()>().await,
                 // Skip invocations whose caller is no longer waiting.
                 Some(p)
                     if shared
