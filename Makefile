@@ -124,10 +124,10 @@ bench-ingest: stack-up ## Ingestion rate vs raw COPY and peak RSS at two file si
 	./target/profiling/dualcaster provision >/dev/null
 	./target/profiling/dualcaster bench-ingest --cards $(or $(CARDS),20000$(comma)100000)
 
-bench-analytics: stack-up ## Metrics + signals, full and incremental, vs one seq scan: real v4 history and PRINTINGS=100000 x DAYS=365 generated (optimised build)
+bench-analytics: stack-up ## Metrics + signals, full and incremental, vs one seq scan: real v4 history and PRINTINGS=100000 x DAYS=365 generated, RUNS=1 each (optimised build)
 	$(CARGO) build --profile profiling --workspace --bins
 	./target/profiling/dualcaster provision >/dev/null
-	./target/profiling/dualcaster bench-analytics --printings $(or $(PRINTINGS),100000) --days $(or $(DAYS),365)
+	./target/profiling/dualcaster bench-analytics --printings $(or $(PRINTINGS),100000) --days $(or $(DAYS),365) --runs $(or $(RUNS),1)
 
 status: provision ## Queues, DLQs, runs by task and outcome, failures by class, next fires, held leases: make status [WINDOW=15m] [WATCH=5]
 	$(CLI) status --window $(or $(WINDOW),1h) $(if $(WATCH),--watch $(WATCH))

@@ -138,6 +138,10 @@ pub enum Command {
         /// Days of the generated history.
         #[arg(long, default_value_t = 365)]
         days: i64,
+        /// Runs of each dataset; with more than one, the ranges of each ratio follow. The v4 history is
+        /// ingested afresh for every run; the generated one is generated once and reset between runs.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+        runs: u32,
     },
     /// Measure the functions' start-up, their zip sizes and the runtime's work per message.
     BenchRuntime {

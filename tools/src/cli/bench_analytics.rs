@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
+use chrono::NaiveDate;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -79,6 +80,23 @@ fn function_env(url: &str, extra: &[(&str, &str)]) -> std::collections::BTreeMap
         env.insert((*k).to_owned(), (*v).to_owned());
     }
     env
+}
+
+impl Row {
+    fn floor(&self) -> f64 {
+        self.window_read + self.rewrite
+    }
+
+    /// The four ratios the targets are stated in: full / scan, incremental / its floor, incremental / full,
+    /// full / the 5 % run.
+    fn ratios(&self) -> [f64; 4] {
+        [
+            self.full.total() / self.scan,
+            self.incremental.total() / self.floor(),
+            self.incremental.total() / self.full.total(),
+            self.full.total() / self.partial.total(),
+        ]
+    }
 }
 
 /// Invokes `task` and returns its report and wall time in seconds.
@@ -303,7 +321,12 @@ async fn real_history(admin_url: &str, history: &Path) -> Result<Row> {
 }
 
 /// `printings` x `days` of daily retail prices: a slow cycle and day-to-day noise around a per-card base.
-async fn generated_history(admin_url: &str, printings: i64, days: i64) -> Result<Row> {
+/// Returns the database's pool and URL, and the history's last day.
+async fn generate_history(
+    admin_url: &str,
+    printings: i64,
+    days: i64,
+) -> Result<(PgPool, String, NaiveDate)> {
     let (pool, url) = fresh_database(admin_url, "dd_bench_analytics").await?;
     let started = Instant::now();
     sqlx::query(
@@ -366,19 +389,39 @@ async fn generated_history(admin_url: &str, printings: i64, days: i64) -> Result
         "generated {printings} printings x {days} days in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let row = measure(
-        &pool,
-        &url,
-        format!("generated {printings} x {days} days (daily)"),
+    let last_day: NaiveDate = sqlx::query_scalar("SELECT max(day) FROM price_points")
+        .fetch_one(&pool)
+        .await?;
+    Ok((pool, url, last_day))
+}
+
+/// Back to the history as generated, for the next run: the points the runs added (all after its last day) are
+/// deleted, which the statement triggers take out of `price_series`, and the analytics tables are emptied, so
+/// the next run starts with a full run as the first did. Regenerating would take 20 minutes.
+async fn reset_history(pool: &PgPool, last_day: NaiveDate) -> Result<()> {
+    let deleted = sqlx::query("DELETE FROM price_points WHERE day > $1")
+        .bind(last_day)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    sqlx::query(
+        "TRUNCATE price_metrics, price_signals, price_recommendations, analytics_watermarks",
     )
+    .execute(pool)
     .await?;
-    pool.close().await;
-    Ok(row)
+    for table in ["price_points", "price_series"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
+            .execute(pool)
+            .await?;
+    }
+    eprintln!("reset the generated history: {deleted} points added by the last run deleted");
+    Ok(())
 }
 
 /// One dataset's line of the table, printed as soon as it is measured.
 fn print_row(r: &Row) {
-    let floor = r.window_read + r.rewrite;
+    let floor = r.floor();
+    let [x_scan, x_floor, _, full_over_partial] = r.ratios();
     println!(
         "{:<38} {:>9} {:>7} {:>6.2} {:>19} {:>6.2} | {:>19} {:>15} {:>6.2} | {:>19} {:>8.1}",
         r.dataset,
@@ -386,12 +429,12 @@ fn print_row(r: &Row) {
         r.series,
         r.scan,
         r.full.show(),
-        r.full.total() / r.scan,
+        x_scan,
         r.incremental.show(),
         format!("{floor:.2} ({:.2} + {:.2})", r.window_read, r.rewrite),
-        r.incremental.total() / floor,
+        x_floor,
         r.partial.show(),
-        r.full.total() / r.partial.total()
+        full_over_partial
     );
     println!(
         "  {}: writing every metrics row into an empty table takes {:.2} s ({:.1}x the scan); 5 % of the series is {} of {}; a run with nothing new takes {} (full / that: {:.1})",
@@ -405,7 +448,30 @@ fn print_row(r: &Row) {
     );
 }
 
-pub async fn bench_analytics(history: &Path, printings: i64, days: i64) -> Result<()> {
+/// The range of each ratio over one dataset's runs.
+fn print_ranges(rows: &[Row]) {
+    let Some(first) = rows.first() else {
+        return;
+    };
+    let range = |i: usize| {
+        let values = rows.iter().map(|r| r.ratios()[i]);
+        let low = values.clone().fold(f64::INFINITY, f64::min);
+        let high = values.fold(f64::NEG_INFINITY, f64::max);
+        format!("{low:.2}-{high:.2}")
+    };
+    println!(
+        "{} over {} runs: full {}x the scan; incremental after a day for every series {}x its floor and {}x full; \
+         full / incremental after a day for 5 % {}",
+        first.dataset,
+        rows.len(),
+        range(0),
+        range(1),
+        range(2),
+        range(3)
+    );
+}
+
+pub async fn bench_analytics(history: &Path, printings: i64, days: i64, runs: u32) -> Result<()> {
     let admin_url = std::env::var("DD_BENCH_ADMIN_DATABASE_URL")
         .unwrap_or_else(|_| "postgresql://app:app@127.0.0.1:5432/app".to_owned());
     std::fs::create_dir_all(".local/bench")?;
@@ -434,9 +500,29 @@ pub async fn bench_analytics(history: &Path, printings: i64, days: i64) -> Resul
         "inc. 5% s (m + s)",
         "full/5%"
     );
-    print_row(&real_history(&admin_url, history).await?);
+    let mut v4 = Vec::new();
+    for _ in 0..runs {
+        let row = real_history(&admin_url, history).await?;
+        print_row(&row);
+        v4.push(row);
+    }
+    let mut generated = Vec::new();
     if printings > 0 {
-        print_row(&generated_history(&admin_url, printings, days).await?);
+        let (pool, url, last_day) = generate_history(&admin_url, printings, days).await?;
+        for run in 0..runs {
+            if run > 0 {
+                reset_history(&pool, last_day).await?;
+            }
+            let dataset = format!("generated {printings} x {days} days (daily)");
+            let row = measure(&pool, &url, dataset).await?;
+            print_row(&row);
+            generated.push(row);
+        }
+        pool.close().await;
+    }
+    if runs > 1 {
+        print_ranges(&v4);
+        print_ranges(&generated);
     }
     println!(
         "targets: full within 5x of the scan (10x on the v4 history); incremental after a day for every series \

@@ -101,7 +101,8 @@ async fn execute(cli: Cli) -> Result<()> {
             history,
             printings,
             days,
-        } => bench_analytics::bench_analytics(&history, printings, days).await,
+            runs,
+        } => bench_analytics::bench_analytics(&history, printings, days, runs).await,
         Command::BenchRuntime {
             lambda_dir,
             arm64_dir,
