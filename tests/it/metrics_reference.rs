@@ -403,3 +403,77 @@ async fn a_row_changed_since_the_snapshot_fails_an_update_by_place_instead_of_be
     assert_eq!(v, 21, "both concurrent updates stand and neither run wrote");
     stack.cleanup().await;
 }
+
+/// Sequential scans of `price_metrics` counted by Postgres, once the functions' connections have closed (a
+/// backend reports its counts when it ends).
+async fn metrics_seq_scans(stack: &TestStack) -> i64 {
+    for _ in 0..100 {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(dualcaster::db::APPLICATION_NAME)
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    sqlx::query_scalar("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'price_metrics'")
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap()
+}
+
+/// An operator empties `price_metrics` to compute it afresh, and it is analysed while empty. The planner then
+/// takes it for a table without pages and put a sequential scan of it inside the join with every series, while
+/// the run's writer filled it: the read grew with the square of the series. Refilled by a full run through
+/// each reader (the cursor of a one-connection function, then the pipelined reader), the table is scanned a
+/// handful of times, not once per series (Postgres' own count is the oracle), and every row matches the SQL
+/// definitions.
+#[tokio::test]
+async fn an_emptied_and_analysed_metrics_table_is_refilled_without_a_scan_of_it_per_series() {
+    let stack = TestStack::start().await.unwrap();
+    let (_server, ingestion, analytics) = functions_with_v4_history(&stack).await;
+    let ingested = invoke(
+        &ingestion,
+        "ingest_mtgjson_prices",
+        json!({"file": "v4_history", "path": "v4.json"}),
+    )
+    .await;
+    assert_eq!(ingested["status"], "succeeded", "{ingested}");
+    let first = run(&analytics, json!({"full": true})).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    drop(analytics);
+    let series = first["detail"]["series"].as_i64().unwrap();
+    assert!(series > 500, "the weekly history has {series} series");
+
+    for (reader, env) in [
+        ("the cursor", &[("DD_DB_MAX_CONNECTIONS", "1")][..]),
+        ("the pipelined reader", &[][..]),
+    ] {
+        sqlx::query("TRUNCATE price_metrics")
+            .execute(&stack.pool)
+            .await
+            .unwrap();
+        sqlx::query("ANALYZE price_metrics")
+            .execute(&stack.pool)
+            .await
+            .unwrap();
+        let before = metrics_seq_scans(&stack).await;
+        let function = stack.function(Queue::Analytics, env).await.unwrap();
+        let again = run(&function, json!({"full": true})).await;
+        assert_eq!(again["status"], "succeeded", "{reader}: {again}");
+        assert_eq!(again["detail"]["series"], series, "{reader}: {again}");
+        drop(function);
+        let scans = metrics_seq_scans(&stack).await - before;
+        assert!(
+            scans <= 5,
+            "{reader}: {scans} sequential scans of price_metrics to refill {series} series"
+        );
+        let (rows, differ) = differences(&stack).await;
+        assert_eq!(rows, series, "{reader}");
+        assert!(differ.is_empty(), "{reader}: {differ:#?}");
+    }
+}
