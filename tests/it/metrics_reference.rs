@@ -13,7 +13,7 @@ use crate::analytics::functions_with_v4_history;
 use dualcaster::queue::Queue;
 use dualcaster_tools::local::function::{Invoked, LocalFunction};
 use dualcaster_tools::local::runtime_api::InvokeOutcome;
-use integration_tests::TestStack;
+use integration_tests::{FixtureServer, TestStack};
 
 /// The definitions, over every series: the latest day and price; the change against the latest point at least
 /// N and at most 2N days before the latest day, and its percentage of that point (2 places); the 7- and 30-day
@@ -141,10 +141,11 @@ async fn compared(stack: &TestStack, all: bool) -> (i64, Vec<String>) {
     (rows, differ)
 }
 
-#[tokio::test]
-async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incremental_runs() {
+/// A stack with the bundled v4 history ingested by the real ingestion function, the server that holds it, and
+/// the analytics function.
+async fn stack_with_v4_history() -> (TestStack, FixtureServer, LocalFunction) {
     let stack = TestStack::start().await.unwrap();
-    let (_server, ingestion, _) = functions_with_v4_history(&stack).await;
+    let (server, ingestion, analytics) = functions_with_v4_history(&stack).await;
     let ingested = invoke(
         &ingestion,
         "ingest_mtgjson_prices",
@@ -152,6 +153,12 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
     )
     .await;
     assert_eq!(ingested["status"], "succeeded", "{ingested}");
+    (stack, server, analytics)
+}
+
+#[tokio::test]
+async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incremental_runs() {
+    let (stack, _server, _) = stack_with_v4_history().await;
 
     let one_connection = stack
         .function(
@@ -427,22 +434,14 @@ async fn metrics_seq_scans(stack: &TestStack) -> i64 {
 }
 
 /// An operator empties `price_metrics` to compute it afresh, and it is analysed while empty. The planner then
-/// takes it for a table without pages and put a sequential scan of it inside the join with every series, while
-/// the run's writer filled it: the read grew with the square of the series. Refilled by a full run through
+/// takes it for a table without pages and puts a sequential scan of it inside the join with every series, while
+/// the run's writer fills it: the read grows with the square of the series. Refilled by a full run through
 /// each reader (the cursor of a one-connection function, then the pipelined reader), the table is scanned a
 /// handful of times, not once per series (Postgres' own count is the oracle), and every row matches the SQL
 /// definitions.
 #[tokio::test]
 async fn an_emptied_and_analysed_metrics_table_is_refilled_without_a_scan_of_it_per_series() {
-    let stack = TestStack::start().await.unwrap();
-    let (_server, ingestion, analytics) = functions_with_v4_history(&stack).await;
-    let ingested = invoke(
-        &ingestion,
-        "ingest_mtgjson_prices",
-        json!({"file": "v4_history", "path": "v4.json"}),
-    )
-    .await;
-    assert_eq!(ingested["status"], "succeeded", "{ingested}");
+    let (stack, _server, analytics) = stack_with_v4_history().await;
     let first = run(&analytics, json!({"full": true})).await;
     assert_eq!(first["status"], "succeeded", "{first}");
     drop(analytics);
