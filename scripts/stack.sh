@@ -110,16 +110,40 @@ python312() {
     return 1
 }
 
+# uv installs the venvs: it downloads in parallel and skips compiling every module up front, which takes the
+# five venvs from about five minutes with pip to about one. pip stays the fallback when uv cannot be had.
+UV_PIN="uv==0.13.9"
+
+uv_bin() {
+    # The path of a pinned uv in its own small venv, installed on first use; fails if it cannot be installed.
+    local dir="$STATE/venv-uv"
+    if [ ! -x "$dir/bin/uv" ] || [ "$(cat "$dir/.pins" 2>/dev/null)" != "$UV_PIN" ]; then
+        rm -rf "$dir"
+        python3 -m venv "$dir" || return 1
+        "$dir/bin/pip" install -q --disable-pip-version-check "$UV_PIN" >"$LOGS/venv-uv-pip.log" 2>&1 || return 1
+        echo "$UV_PIN" > "$dir/.pins"
+    fi
+    echo "$dir/bin/uv"
+}
+
 ensure_venv() {
     # ensure_venv DIR PYTHON PINS...: creates DIR with PYTHON and installs PINS once (stamped by their list).
     local dir="$1" python="$2"; shift 2
-    local stamp="$dir/.pins" want="$*"
+    local stamp="$dir/.pins" want="$*" name uv
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
-    log "creating $(basename "$dir") with $("$python" --version 2>&1)"
+    name="$(basename "$dir")"
+    log "creating $name with $("$python" --version 2>&1)"
+    rm -rf "$dir"
+    if uv="$(uv_bin)" && "$python" -m venv --without-pip "$dir" \
+        && UV_LINK_MODE=copy "$uv" pip install -q --python "$dir/bin/python" "$@" >"$LOGS/$name-uv.log" 2>&1; then
+        echo "$want" > "$stamp"
+        return 0
+    fi
+    log "uv could not install $name (see $LOGS/$name-uv.log); installing it with pip"
     rm -rf "$dir"
     "$python" -m venv "$dir"
-    "$dir/bin/pip" install -q --disable-pip-version-check "$@" >"$LOGS/$(basename "$dir")-pip.log" 2>&1 \
-        || { tail -20 "$LOGS/$(basename "$dir")-pip.log" >&2; die "pip install failed for $(basename "$dir")"; }
+    "$dir/bin/pip" install -q --disable-pip-version-check "$@" >"$LOGS/$name-pip.log" 2>&1 \
+        || { tail -20 "$LOGS/$name-pip.log" >&2; die "pip install failed for $name"; }
     echo "$want" > "$stamp"
 }
 
