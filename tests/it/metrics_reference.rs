@@ -4,8 +4,9 @@
 //! it stores; after a full run and after incremental ones over daily points, backfills, repricings and a prune,
 //! every row must read the same.
 //! The full run goes through a function with one database connection (a cursor reads the windows), the
-//! incremental one through a function with two (a reader on the second connection streams them); both write in
-//! chunks of under a hundred series, so every run copies and applies many chunks.
+//! first incremental one through a function with two (a reader on the second connection streams them), and the
+//! runs after it through a function with three (two writers share the chunks); all write in chunks of under a
+//! hundred series, so every run copies and applies many chunks.
 
 use serde_json::{json, Value};
 
@@ -253,6 +254,7 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
             .await
             .unwrap();
     assert_eq!(stored, rows, "every row keeps its window");
+    let analytics = with_two_writers(&stack).await;
     next_day(&stack, 3).await;
     sqlx::query(
         "UPDATE price_points p SET price = p.price * 2, recorded_at = now() FROM price_metrics m \
@@ -291,6 +293,7 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
     );
     for every in [1, 3] {
         next_day(&stack, every).await;
+        let started = database_clock(&stack).await;
         let after_prune = run(&analytics, json!({})).await;
         assert_eq!(after_prune["status"], "succeeded", "{after_prune}");
         let (_, differ) = differences(&stack).await;
@@ -298,7 +301,48 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
             differ.is_empty(),
             "a day for every {every} series after the prune: {differ:#?}"
         );
+        if every == 1 {
+            assert_eq!(
+                writing_transactions(&stack, started).await,
+                2,
+                "the chunks of a day for every series are written by two transactions"
+            );
+        }
     }
+}
+
+/// The analytics function with three connections (a reader and two writers), writing 89 series at a time.
+async fn with_two_writers(stack: &TestStack) -> LocalFunction {
+    stack
+        .function(
+            Queue::Analytics,
+            &[
+                ("DD_DB_MAX_CONNECTIONS", "3"),
+                ("DD_METRICS_CHUNK_SERIES", "89"),
+            ],
+        )
+        .await
+        .unwrap()
+}
+
+/// The database's clock now.
+async fn database_clock(stack: &TestStack) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap()
+}
+
+/// How many transactions wrote the metrics rows computed after `since`: Postgres' own record of each row's
+/// writer (`xmin`).
+async fn writing_transactions(stack: &TestStack, since: chrono::DateTime<chrono::Utc>) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM price_metrics WHERE computed_at > $1",
+    )
+    .bind(since)
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap()
 }
 
 /// One more day for every `every`-th series, a few percent from its latest price.
@@ -483,4 +527,80 @@ async fn an_emptied_and_analysed_metrics_table_is_refilled_without_a_scan_of_it_
         assert_eq!(rows, series, "{reader}");
         assert!(differ.is_empty(), "{reader}: {differ:#?}");
     }
+}
+
+/// With two writers, the second writer's transaction commits just before the run's own, which moves the
+/// watermark. When the run's commit then fails, the second writer's rows stay (computed from the points they
+/// were read from) and the watermark does not move: the retry reads the same points again, and every row ends
+/// as the reference has it.
+#[tokio::test]
+async fn a_run_whose_commit_fails_after_its_second_writer_committed_is_made_whole_by_the_retry() {
+    let (stack, _server, analytics) = stack_with_v4_history().await;
+    let first = run(&analytics, json!({"full": true})).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    drop(analytics);
+    let series = first["detail"]["series"].as_i64().unwrap();
+    next_day(&stack, 1).await;
+    // The run's commit is refused at its very end, by a deferred trigger on the watermark it moves.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_metrics_watermark() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'the metrics run''s commit is refused'; END $$; \
+         CREATE CONSTRAINT TRIGGER refuse_metrics_watermark AFTER INSERT OR UPDATE ON analytics_watermarks \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.name = 'compute_price_metrics') \
+         EXECUTE FUNCTION refuse_metrics_watermark()",
+    )
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    let watermark = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+            "SELECT high_water FROM analytics_watermarks WHERE name = 'compute_price_metrics'",
+        )
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap()
+    };
+    let watermark_before = watermark().await;
+    let two_writers = with_two_writers(&stack).await;
+    let started = database_clock(&stack).await;
+    match two_writers
+        .invoke(json!({"task": "compute_price_metrics", "kwargs": {}}))
+        .await
+        .unwrap()
+    {
+        Invoked::Outcome(InvokeOutcome::Error { error_message, .. }) => {
+            assert!(
+                error_message.contains("commit is refused"),
+                "{error_message}"
+            )
+        }
+        other => panic!("the refused commit: {other:?}"),
+    }
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM price_metrics WHERE computed_at > $1")
+        .bind(started)
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+    assert!(
+        kept > 0 && kept < series,
+        "{kept} of {series} rows are the second writer's"
+    );
+    assert_eq!(writing_transactions(&stack, started).await, 1);
+    assert_eq!(watermark().await, watermark_before);
+
+    sqlx::raw_sql(
+        "DROP TRIGGER refuse_metrics_watermark ON analytics_watermarks; \
+         DROP FUNCTION refuse_metrics_watermark()",
+    )
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    let retried = run(&two_writers, json!({})).await;
+    assert_eq!(retried["status"], "succeeded", "{retried}");
+    assert_eq!(retried["detail"]["series"], series, "{retried}");
+    assert!(watermark().await > watermark_before);
+    let (rows, differ) = differences(&stack).await;
+    assert_eq!(rows, series);
+    assert!(differ.is_empty(), "after the retry: {differ:#?}");
+    stack.cleanup().await;
 }

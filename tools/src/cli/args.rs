@@ -132,6 +132,13 @@ pub enum Command {
             default_value = "../shared/data/mtgjson/v4_history/prices_by_uuid_v4_20190721.json"
         )]
         history: PathBuf,
+        /// The template whose analytics function's environment the function runs with.
+        #[arg(long, default_value = "infra/template.yaml")]
+        template: PathBuf,
+        /// The analytics function's pool size instead of the template's (`DD_DB_MAX_CONNECTIONS`; 2 has one
+        /// writer, 1 reads through a cursor).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
+        connections: Option<u32>,
         /// Printings of the generated history (0 skips it).
         #[arg(long, default_value_t = 100_000)]
         printings: i64,

@@ -5,6 +5,7 @@
 //! for the full run; for the incremental one, reading the points its windows need and rewriting the touched
 //! metrics rows once.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use dualcaster_tools::local::function::{Invoked, LocalFunction};
 use dualcaster_tools::local::runtime_api::InvokeOutcome;
 use dualcaster_tools::local::stub::{Content, StubUpstream};
 use dualcaster_tools::local::{function_binary, local_aws_defaults};
+use dualcaster_tools::template::Template;
 
 use crate::bench::fresh_database;
 
@@ -65,7 +67,7 @@ struct Row {
     idle: Pass,
 }
 
-fn function_env(url: &str, extra: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+fn function_env(url: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut env = local_aws_defaults();
     env.insert("DATABASE_URL".into(), url.to_owned());
     env.insert("DD_METRICS_DISABLED".into(), "1".into());
@@ -241,7 +243,13 @@ async fn rewrite(pool: &PgPool) -> Result<f64> {
 
 /// A full run; one new day for every series and an incremental run; a new day for 5 % of the series and an
 /// incremental run; and the floors.
-async fn measure(pool: &PgPool, url: &str, dataset: String) -> Result<Row> {
+/// `analytics_env`: the analytics function's own environment, as the template gives it.
+async fn measure(
+    pool: &PgPool,
+    url: &str,
+    dataset: String,
+    analytics_env: &BTreeMap<String, String>,
+) -> Result<Row> {
     sqlx::query("VACUUM ANALYZE price_points")
         .execute(pool)
         .await?;
@@ -253,7 +261,13 @@ async fn measure(pool: &PgPool, url: &str, dataset: String) -> Result<Row> {
     let analytics = LocalFunction::start(
         "bench-analytics",
         &function_binary(Queue::Analytics)?,
-        function_env(url, &[]),
+        function_env(
+            url,
+            &analytics_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        ),
         Duration::from_secs(900),
         Some(".local/bench/analytics.log".into()),
     )
@@ -290,7 +304,11 @@ async fn measure(pool: &PgPool, url: &str, dataset: String) -> Result<Row> {
 }
 
 /// The real v4 weekly history, ingested by the real ingestion function.
-async fn real_history(admin_url: &str, history: &Path) -> Result<Row> {
+async fn real_history(
+    admin_url: &str,
+    history: &Path,
+    analytics_env: &BTreeMap<String, String>,
+) -> Result<Row> {
     let (pool, url) = fresh_database(admin_url, "dd_bench_analytics").await?;
     let stub = StubUpstream::start().await?;
     stub.publish_file("history.json", Content::File(history.to_owned()));
@@ -315,7 +333,13 @@ async fn real_history(admin_url: &str, history: &Path) -> Result<Row> {
     sqlx::query("UPDATE price_points SET recorded_at = recorded_at - interval '2 days'")
         .execute(&pool)
         .await?;
-    let row = measure(&pool, &url, "MTGJSON v4 history (weekly)".into()).await?;
+    let row = measure(
+        &pool,
+        &url,
+        "MTGJSON v4 history (weekly)".into(),
+        analytics_env,
+    )
+    .await?;
     pool.close().await;
     Ok(row)
 }
@@ -471,7 +495,28 @@ fn print_ranges(rows: &[Row]) {
     );
 }
 
-pub async fn bench_analytics(history: &Path, printings: i64, days: i64, runs: u32) -> Result<()> {
+/// The analytics function's environment as `template` gives it, with `connections` over its pool size.
+fn analytics_env(template: &Path, connections: Option<u32>) -> Result<BTreeMap<String, String>> {
+    let template = Template::load(template)?;
+    let mut env = template
+        .function(Queue::Analytics.as_str())
+        .ok_or_else(|| anyhow!("the template defines no analytics function"))?
+        .environment
+        .clone();
+    if let Some(connections) = connections {
+        env.insert("DD_DB_MAX_CONNECTIONS".into(), connections.to_string());
+    }
+    Ok(env)
+}
+
+pub async fn bench_analytics(
+    history: &Path,
+    template: &Path,
+    connections: Option<u32>,
+    printings: i64,
+    days: i64,
+    runs: u32,
+) -> Result<()> {
     let admin_url = std::env::var("DD_BENCH_ADMIN_DATABASE_URL")
         .unwrap_or_else(|_| "postgresql://app:app@127.0.0.1:5432/app".to_owned());
     std::fs::create_dir_all(".local/bench")?;
@@ -485,7 +530,16 @@ pub async fn bench_analytics(history: &Path, printings: i64, days: i64, runs: u3
     // generation would throw the run away.
     function_binary(Queue::Analytics)?;
     function_binary(Queue::Ingestion)?;
+    let analytics_env = analytics_env(template, connections)?;
     println!("compute_price_metrics + detect_price_signals (the real analytics function), each dataset in its own database");
+    println!(
+        "the analytics function's own environment: {}",
+        analytics_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!(
         "{:<38} {:>9} {:>7} {:>6} {:>19} {:>6} | {:>19} {:>15} {:>6} | {:>19} {:>8}",
         "dataset",
@@ -502,7 +556,7 @@ pub async fn bench_analytics(history: &Path, printings: i64, days: i64, runs: u3
     );
     let mut v4 = Vec::new();
     for _ in 0..runs {
-        let row = real_history(&admin_url, history).await?;
+        let row = real_history(&admin_url, history, &analytics_env).await?;
         print_row(&row);
         v4.push(row);
     }
@@ -514,7 +568,7 @@ pub async fn bench_analytics(history: &Path, printings: i64, days: i64, runs: u3
                 reset_history(&pool, last_day).await?;
             }
             let dataset = format!("generated {printings} x {days} days (daily)");
-            let row = measure(&pool, &url, dataset).await?;
+            let row = measure(&pool, &url, dataset, &analytics_env).await?;
             print_row(&row);
             generated.push(row);
         }

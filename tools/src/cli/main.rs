@@ -99,10 +99,22 @@ async fn execute(cli: Cli) -> Result<()> {
         } => bench::bench_ingest(&cards, &sample, batch_size, rounds).await,
         Command::BenchAnalytics {
             history,
+            template,
+            connections,
             printings,
             days,
             runs,
-        } => bench_analytics::bench_analytics(&history, printings, days, runs).await,
+        } => {
+            bench_analytics::bench_analytics(
+                &history,
+                &template,
+                connections,
+                printings,
+                days,
+                runs,
+            )
+            .await
+        }
         Command::BenchRuntime {
             lambda_dir,
             arm64_dir,
