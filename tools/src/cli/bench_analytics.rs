@@ -258,16 +258,12 @@ async fn measure(
     )
     .fetch_one(pool)
     .await?;
+    let mut env = function_env(url, &[]);
+    env.extend(analytics_env.clone());
     let analytics = LocalFunction::start(
         "bench-analytics",
         &function_binary(Queue::Analytics)?,
-        function_env(
-            url,
-            &analytics_env
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect::<Vec<_>>(),
-        ),
+        env,
         Duration::from_secs(900),
         Some(".local/bench/analytics.log".into()),
     )
