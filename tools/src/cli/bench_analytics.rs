@@ -22,6 +22,7 @@ use dualcaster_tools::local::{function_binary, local_aws_defaults};
 use dualcaster_tools::template::Template;
 
 use crate::bench::fresh_database;
+use crate::cpu_time::{cores, CpuTimes};
 
 /// A run of metrics then signals: wall seconds of each.
 #[derive(Clone, Copy)]
@@ -53,10 +54,14 @@ struct Row {
     full: Pass,
     /// After one new day for every series.
     incremental: Pass,
+    /// The CPU the incremental run took, the function's and Postgres' among it.
+    incremental_cpu: CpuTimes,
     /// The incremental run's floor: reading the last 61 days of every series (what its windows need) ...
     window_read: f64,
     /// ... plus rewriting every metrics row once, in a transaction rolled back.
     rewrite: f64,
+    /// The CPU the floor's read and rewrite took.
+    floor_cpu: CpuTimes,
     /// Writing every metrics row into an empty copy of the table (same columns, indexes and logging), rolled
     /// back: what a first full run pays at least for its output.
     write: f64,
@@ -190,10 +195,12 @@ async fn new_day(pool: &PgPool, share_percent: i32) -> Result<i64> {
     Ok(added)
 }
 
-/// Reading every series' last 61 days (the windows of a run that touches every series), best of two.
-async fn window_read(pool: &PgPool) -> Result<f64> {
-    let mut best = f64::MAX;
+/// Reading every series' last 61 days (the windows of a run that touches every series), best of two, with
+/// the CPU it took.
+async fn window_read(pool: &PgPool) -> Result<(f64, CpuTimes)> {
+    let mut best = (f64::MAX, CpuTimes::default());
     for _ in 0..2 {
+        let before = CpuTimes::now(None)?;
         let started = Instant::now();
         let _: Option<rust_decimal::Decimal> = sqlx::query_scalar(
             "SELECT sum(w.price) FROM price_metrics m CROSS JOIN LATERAL ( \
@@ -204,7 +211,10 @@ async fn window_read(pool: &PgPool) -> Result<f64> {
         )
         .fetch_one(pool)
         .await?;
-        best = best.min(started.elapsed().as_secs_f64());
+        let secs = started.elapsed().as_secs_f64();
+        if secs < best.0 {
+            best = (secs, CpuTimes::now(None)?.since(&before));
+        }
     }
     Ok(best)
 }
@@ -272,9 +282,13 @@ async fn measure(
     let full = pass(&analytics, true).await?;
     age_runs(pool).await?;
     let added = new_day(pool, 100).await?;
+    let before = CpuTimes::now(analytics.pid())?;
     let incremental = pass(&analytics, false).await?;
-    let window_read = window_read(pool).await?;
+    let incremental_cpu = CpuTimes::now(analytics.pid())?.since(&before);
+    let (window_read, read_cpu) = window_read(pool).await?;
+    let before = CpuTimes::now(None)?;
     let rewrite = rewrite(pool).await?;
+    let floor_cpu = CpuTimes::now(None)?.since(&before).plus(&read_cpu);
     let write = write_floor(pool).await?;
     age_runs(pool).await?;
     let partial_series = new_day(pool, 5).await?;
@@ -290,8 +304,10 @@ async fn measure(
         scan,
         full,
         incremental,
+        incremental_cpu,
         window_read,
         rewrite,
+        floor_cpu,
         write,
         partial,
         partial_series,
@@ -465,6 +481,22 @@ fn print_row(r: &Row) {
         r.series,
         r.idle.show(),
         r.full.total() / r.idle.total()
+    );
+    let (run, floor) = (&r.incremental_cpu, &r.floor_cpu);
+    println!(
+        "  {}: CPU of the incremental run after a day for every series {:.2} s (the function {:.2}, Postgres {:.2}, \
+         the rest {:.2}), {:.2} of the {} cores over its {:.2} s; of its floor {:.2} s (Postgres {:.2}) over {:.2} s",
+        r.dataset,
+        run.machine,
+        run.process,
+        run.postgres,
+        (run.machine - run.process - run.postgres).max(0.0),
+        run.machine / r.incremental.total(),
+        cores(),
+        r.incremental.total(),
+        floor.machine,
+        floor.postgres,
+        r.floor()
     );
 }
 

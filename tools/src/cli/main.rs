@@ -20,6 +20,7 @@ mod bench_leases;
 mod bench_load;
 mod bench_runtime;
 mod commands;
+mod cpu_time;
 mod demo;
 mod mcp;
 mod mcp_args;
