@@ -2,7 +2,9 @@
 //! process', and Postgres' (every `postgres` process). A ratio to a floor hides whether a run waited or
 //! computed; these say how much of the machine's cores it took, and who took them.
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{Context as _, Result};
+use procfs::process::{all_processes, Process, Stat};
+use procfs::{CurrentSI as _, KernelStats};
 
 /// CPU seconds, cumulative since boot (the machine) or since each process started.
 #[derive(Clone, Copy, Default)]
@@ -18,7 +20,7 @@ impl CpuTimes {
         Ok(CpuTimes {
             machine: machine_busy()?,
             process: match pid {
-                Some(pid) => ticks_to_secs(process_ticks(pid, false)?),
+                Some(pid) => ticks_to_secs(process_ticks(pid)?),
                 None => 0.0,
             },
             postgres: postgres()?,
@@ -50,85 +52,69 @@ pub fn cores() -> usize {
 }
 
 fn ticks_to_secs(ticks: u64) -> f64 {
-    // SAFETY: sysconf reads a constant of the running system and has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    ticks as f64 / per_second.max(1) as f64
+    ticks as f64 / procfs::ticks_per_second().max(1) as f64
 }
 
-/// Every core's busy time: `/proc/stat`'s first line less idle and I/O wait.
+/// Every core's busy time: all of `/proc/stat`'s first line but idle and I/O wait (guest time is already in
+/// user).
 fn machine_busy() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .ok_or_else(|| anyhow!("/proc/stat has no cpu line"))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().context("a /proc/stat cpu field"))
-        .collect::<Result<_>>()?;
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let busy: u64 = fields
-        .iter()
-        .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .map(|(_, v)| v)
-        .sum();
+    let total = KernelStats::current().context("reading /proc/stat")?.total;
+    let busy = total.user
+        + total.nice
+        + total.system
+        + total.irq.unwrap_or(0)
+        + total.softirq.unwrap_or(0)
+        + total.steal.unwrap_or(0);
     Ok(ticks_to_secs(busy))
 }
 
 /// A process' user and system ticks, with those of its children it has waited for when `children`.
-fn process_ticks(pid: u32, children: bool) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    process_ticks_of(&stat, children).ok_or_else(|| anyhow!("unreadable /proc/{pid}/stat"))
+fn ticks(stat: &Stat, children: bool) -> u64 {
+    let own = stat.utime + stat.stime;
+    if children {
+        own + (stat.cutime.max(0) + stat.cstime.max(0)) as u64
+    } else {
+        own
+    }
 }
 
-/// From a `/proc/<pid>/stat` line: fields 14-17 (utime, stime, cutime, cstime) follow the command, which is
-/// in parentheses and may hold spaces.
-fn process_ticks_of(stat: &str, children: bool) -> Option<u64> {
-    let after_command = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_command.split_whitespace().collect();
-    let take = if children { 4 } else { 2 };
-    fields
-        .get(11..11 + take)?
-        .iter()
-        .map(|v| v.parse::<i64>().ok().map(|t| t.max(0) as u64))
-        .sum()
+fn process_ticks(pid: u32) -> Result<u64> {
+    let stat = Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    Ok(ticks(&stat, false))
 }
 
 /// Every `postgres` process' ticks with its waited-for children's: the postmaster's children are the
-/// backends, so one that exits between two readings still counts, in its parent's.
+/// backends, so one that exits between two readings still counts, in its parent's. A process that exits
+/// while the list is read is skipped.
 fn postgres() -> Result<f64> {
-    let mut ticks = 0;
-    for entry in std::fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if stat.contains("(postgres)") {
-            ticks += process_ticks_of(&stat, true).unwrap_or(0);
-        }
-    }
+    let ticks: u64 = all_processes()
+        .context("listing /proc")?
+        .filter_map(|p| p.and_then(|p| p.stat()).ok())
+        .filter(|stat| stat.comm == "postgres")
+        .map(|stat| ticks(&stat, true))
+        .sum();
     Ok(ticks_to_secs(ticks))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use procfs::FromRead as _;
 
     #[test]
     fn ticks_are_read_after_a_command_with_spaces_and_parentheses() {
         // proc(5): pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime
-        // stime cutime cstime ...
-        let stat = "42 (tokio (rt) worker) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 1 0";
-        assert_eq!(process_ticks_of(stat, false), Some(300));
-        assert_eq!(process_ticks_of(stat, true), Some(310));
-        assert_eq!(process_ticks_of("7 (short) S 1 2", false), None);
+        // stime cutime cstime priority nice num_threads itrealvalue starttime vsize rss rsslim startcode
+        // endcode startstack kstkesp kstkeip signal blocked sigignore sigcatch wchan nswap cnswap ...
+        let line = "42 (tokio (rt) worker) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 1 0 \
+                    1000 1000000 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let stat = Stat::from_read(line.as_bytes()).unwrap();
+        assert_eq!(stat.comm, "tokio (rt) worker");
+        assert_eq!(ticks(&stat, false), 300);
+        assert_eq!(ticks(&stat, true), 310);
+        assert!(Stat::from_read("7 (short) S 1 2".as_bytes()).is_err());
     }
 
     #[test]
