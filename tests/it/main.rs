@@ -19,6 +19,7 @@ mod mtgjson;
 mod observability;
 mod operations;
 mod secrets;
+mod source_tree;
 
 #[test]
 fn every_test_file_is_compiled() {

@@ -134,7 +134,10 @@ impl Task for ComputePriceMetrics {
     type Args = ComputePriceMetricsArgs;
     type Report = PriceMetricsReport;
 
-    async fn run(args: ComputePriceMetricsArgs, ctx: TaskContext) -> Result<PriceMetricsReport, TaskError> {
+    async fn run(
+        args: ComputePriceMetricsArgs,
+        ctx: TaskContext,
+    ) -> Result<PriceMetricsReport, TaskError> {
         let mut tx = analytics::begin_in_one_snapshot(ctx.db()).await?;
         let mark = Watermark::read(&mut tx, WATERMARK).await?;
         let full = args.full || mark.since.is_none();
@@ -143,7 +146,9 @@ impl Task for ComputePriceMetrics {
             _ => (FULL, None),
         };
         let chunk = ctx.settings().metrics_chunk;
-        let (series, changed) = series_metrics::store::compute_and_write(ctx.db(), &mut tx, latest, since, chunk).await?;
+        let (series, changed) =
+            series_metrics::store::compute_and_write(ctx.db(), &mut tx, latest, since, chunk)
+                .await?;
         mark.advance(&mut tx).await?;
         tx.commit().await?;
         if changed > 0 {

@@ -4,7 +4,6 @@
 //! day). Set-based over the metrics and points that changed since the previous run; a signal is stored once
 //! per printing, kind, series and day.
 
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -74,7 +73,10 @@ pub struct SignalsReport {
 
 impl TaskReport for SignalsReport {
     fn counts(&self) -> Counts {
-        Counts::new(self.spikes + self.drops + self.breakouts + self.arbitrage, 0)
+        Counts::new(
+            self.spikes + self.drops + self.breakouts + self.arbitrage,
+            0,
+        )
     }
 }
 
@@ -189,7 +191,13 @@ impl Task for DetectPriceSignals {
         mark.advance(&mut tx).await?;
         tx.commit().await?;
         // Recommendations follow every signal pass, once per pass.
-        analytics::follow_up(&ctx, &ctx.run_key, "generate_recommendations", "recommendations").await?;
+        analytics::follow_up(
+            &ctx,
+            &ctx.run_key,
+            "generate_recommendations",
+            "recommendations",
+        )
+        .await?;
         Ok(SignalsReport {
             full,
             since: (!full).then_some(since),

@@ -21,8 +21,8 @@ use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
 use crate::context::TaskContext;
-use crate::error::{from_sdk_error, TaskError};
 use crate::envelope::Envelope;
+use crate::error::{from_sdk_error, TaskError};
 use crate::queue::{producer_attributes, DeadLetter, MessageAttribute, MessageAttributes, Queue};
 use crate::registry::{OnDuplicate, SingleInstance, Task};
 use crate::report::{Counts, TaskReport};
@@ -80,7 +80,10 @@ pub struct DlqRedriveArgs {
 
 impl DlqRedriveArgs {
     fn filtered(&self) -> bool {
-        self.task.is_some() || self.error_class.is_some() || self.failed_after.is_some() || self.failed_before.is_some()
+        self.task.is_some()
+            || self.error_class.is_some()
+            || self.failed_after.is_some()
+            || self.failed_before.is_some()
     }
 
     fn matches(&self, dead: Option<&DeadLetter>) -> bool {
@@ -89,8 +92,13 @@ impl DlqRedriveArgs {
         }
         // Messages the redrive policy moved (no attributes) match only an unfiltered redrive.
         let Some(d) = dead else { return false };
-        self.task.as_ref().is_none_or(|t| d.task.as_ref() == Some(t))
-            && self.error_class.as_ref().is_none_or(|c| &d.error_class == c)
+        self.task
+            .as_ref()
+            .is_none_or(|t| d.task.as_ref() == Some(t))
+            && self
+                .error_class
+                .as_ref()
+                .is_none_or(|c| &d.error_class == c)
             && self.failed_after.is_none_or(|t| d.failed_at >= t)
             && self.failed_before.is_none_or(|t| d.failed_at < t)
     }
@@ -175,7 +183,11 @@ impl Task for DlqRedrive {
                     .send()
                     .await
                     .map_err(|e| from_sdk_error("GetQueueAttributes", e))
-                    .map(|o| o.attributes().and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned()).unwrap_or_default())
+                    .map(|o| {
+                        o.attributes()
+                            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+                            .unwrap_or_default()
+                    })
             };
             let source = arn(urls.dlq.clone()).await?;
             let destination = arn(urls.queue.clone()).await?;
@@ -194,11 +206,15 @@ impl Task for DlqRedrive {
             return Ok(report);
         }
 
-        let pacer = RateLimiter::direct(Quota::per_second(NonZeroU32::new(args.rate_per_second).unwrap_or(NonZeroU32::MIN)));
+        let pacer = RateLimiter::direct(Quota::per_second(
+            NonZeroU32::new(args.rate_per_second).unwrap_or(NonZeroU32::MIN),
+        ));
         // Every message examined and not moved stays hidden until the scan ends, so that each receive brings
         // new ones (released at once, SQS would hand the same ten back); all are released at the end. Should
         // this run die, they come back on their own when the hiding ends.
-        let hide_secs = (ctx.remaining() + Duration::from_secs(30)).as_secs().min(crate::retry::MAX_VISIBILITY.as_secs()) as i32;
+        let hide_secs = (ctx.remaining() + Duration::from_secs(30))
+            .as_secs()
+            .min(crate::retry::MAX_VISIBILITY.as_secs()) as i32;
         let mut held: Vec<String> = Vec::new();
         let mut seen = HashSet::new();
         let result = async {
@@ -209,7 +225,11 @@ impl Task for DlqRedrive {
                     .max_number_of_messages(10)
                     .visibility_timeout(hide_secs)
                     // A short poll can miss messages on a few of SQS's hosts; the last look waits a second.
-                    .wait_time_seconds(if report.scanned >= report.depth_seen { 1 } else { 0 })
+                    .wait_time_seconds(if report.scanned >= report.depth_seen {
+                        1
+                    } else {
+                        0
+                    })
                     .message_attribute_names("All")
                     .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
                     .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
@@ -234,9 +254,15 @@ impl Task for DlqRedrive {
                     report.scanned += 1;
                     let attributes: MessageAttributes = m
                         .message_attributes()
-                        .map(|a| a.iter().map(|(k, v)| (k.clone(), MessageAttribute::from_sdk(v))).collect())
+                        .map(|a| {
+                            a.iter()
+                                .map(|(k, v)| (k.clone(), MessageAttribute::from_sdk(v)))
+                                .collect()
+                        })
                         .unwrap_or_default();
-                    let dead = DeadLetter::from_attributes(|name| attributes.get(name).and_then(|a| a.string_value.clone()));
+                    let dead = DeadLetter::from_attributes(|name| {
+                        attributes.get(name).and_then(|a| a.string_value.clone())
+                    });
                     if !args.matches(dead.as_ref()) {
                         held.push(receipt);
                         continue;
@@ -265,7 +291,9 @@ impl Task for DlqRedrive {
                         .attributes()
                         .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
                         .and_then(|t| crate::queue::trace_header_attribute(t))
-                        .map(|t| HashMap::from([(MessageSystemAttributeNameForSends::AwsTraceHeader, t)]));
+                        .map(|t| {
+                            HashMap::from([(MessageSystemAttributeNameForSends::AwsTraceHeader, t)])
+                        });
                     // Send first, delete second: a failure in between duplicates, never loses.
                     sqs.send_message()
                         .queue_url(&urls.queue)
@@ -294,10 +322,18 @@ impl Task for DlqRedrive {
         if !report.complete && !args.dry_run && report.moved < u64::from(args.max_messages) {
             let mut rest = args.clone();
             rest.max_messages = args.max_messages.saturating_sub(report.moved as u32).max(1);
-            let kwargs = serde_json::to_value(&rest).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default();
+            let kwargs = serde_json::to_value(&rest)
+                .ok()
+                .and_then(|v| v.as_object().cloned())
+                .unwrap_or_default();
             let id = format!("{}:continued:{}", ctx.run_key, report.moved);
             // A few seconds later, so this run has released its lease when the follow-up arrives.
-            ctx.enqueue(Self::QUEUE, &Envelope::new(Self::NAME, kwargs).with_id(&id), 5).await?;
+            ctx.enqueue(
+                Self::QUEUE,
+                &Envelope::new(Self::NAME, kwargs).with_id(&id),
+                5,
+            )
+            .await?;
             tracing::warn!(scanned = report.scanned, depth = report.depth_seen, continuation = %id, "deadline near: the redrive continues in a follow-up");
             report.continuation = Some(id);
         }
@@ -330,10 +366,16 @@ async fn release(ctx: &TaskContext, dlq: &str, receipts: &[String]) {
             .await;
         match sent {
             Ok(out) if !out.failed().is_empty() => {
-                tracing::warn!(batch = n, failed = out.failed().len(), "some scanned dead letters stay hidden until their timeout")
+                tracing::warn!(
+                    batch = n,
+                    failed = out.failed().len(),
+                    "some scanned dead letters stay hidden until their timeout"
+                )
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(batch = n, error = %from_sdk_error("ChangeMessageVisibilityBatch", e), "scanned dead letters stay hidden until their timeout"),
+            Err(e) => {
+                tracing::warn!(batch = n, error = %from_sdk_error("ChangeMessageVisibilityBatch", e), "scanned dead letters stay hidden until their timeout")
+            }
         }
     }
 }
@@ -383,11 +425,26 @@ mod tests {
         }))
         .unwrap();
         assert!(args.dry_run, "dry run unless asked otherwise");
-        assert!(args.matches(Some(&dead("ping", "database_unavailable", "2026-11-26T10:00:00Z"))));
-        assert!(!args.matches(Some(&dead("pong", "database_unavailable", "2026-11-26T10:00:00Z"))));
+        assert!(args.matches(Some(&dead(
+            "ping",
+            "database_unavailable",
+            "2026-11-26T10:00:00Z"
+        ))));
+        assert!(!args.matches(Some(&dead(
+            "pong",
+            "database_unavailable",
+            "2026-11-26T10:00:00Z"
+        ))));
         assert!(!args.matches(Some(&dead("ping", "task_failed", "2026-11-26T10:00:00Z"))));
-        assert!(!args.matches(Some(&dead("ping", "database_unavailable", "2026-11-27T00:00:00Z"))));
-        assert!(!args.matches(None), "a filtered redrive skips messages without context");
+        assert!(!args.matches(Some(&dead(
+            "ping",
+            "database_unavailable",
+            "2026-11-27T00:00:00Z"
+        ))));
+        assert!(
+            !args.matches(None),
+            "a filtered redrive skips messages without context"
+        );
         let all: DlqRedriveArgs = serde_json::from_value(json!({"queue": "ingestion"})).unwrap();
         assert!(all.matches(None));
     }

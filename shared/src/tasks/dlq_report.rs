@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -128,7 +130,12 @@ impl Task for DlqReport {
     }
 }
 
-async fn report_queue(ctx: &TaskContext, queue: Queue, peek: usize, scan: usize) -> Result<QueueDlq, TaskError> {
+async fn report_queue(
+    ctx: &TaskContext,
+    queue: Queue,
+    peek: usize,
+    scan: usize,
+) -> Result<QueueDlq, TaskError> {
     let sqs = ctx.sqs();
     let url = ctx.settings().urls(queue).dlq.clone();
     let attrs = sqs
@@ -215,7 +222,9 @@ async fn report_queue(ctx: &TaskContext, queue: Queue, peek: usize, scan: usize)
         *by_error_class.entry(class).or_insert(0) += 1;
     }
     let oldest_sent_at = samples.iter().filter_map(|s| s.sent_at).min();
-    samples.sort_by_key(|s| std::cmp::Reverse(s.dead_letter.as_ref().map(|d| d.failed_at).or(s.sent_at)));
+    samples.sort_by_key(|s| {
+        std::cmp::Reverse(s.dead_letter.as_ref().map(|d| d.failed_at).or(s.sent_at))
+    });
     let scanned = samples.len() as u64;
     samples.truncate(peek);
     Ok(QueueDlq {

@@ -12,7 +12,6 @@
 //! Set-based over the printings whose metrics or signals changed since the previous run; a recommendation
 //! is rewritten only when its action, confidence or rationale changes.
 
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -181,7 +180,10 @@ impl Task for GenerateRecommendations {
     type Args = GenerateRecommendationsArgs;
     type Report = RecommendationsReport;
 
-    async fn run(args: GenerateRecommendationsArgs, ctx: TaskContext) -> Result<RecommendationsReport, TaskError> {
+    async fn run(
+        args: GenerateRecommendationsArgs,
+        ctx: TaskContext,
+    ) -> Result<RecommendationsReport, TaskError> {
         let mut tx = analytics::begin(ctx.db()).await?;
         let mark = Watermark::read(&mut tx, WATERMARK).await?;
         let full = args.full || mark.since.is_none();

@@ -71,8 +71,14 @@ impl LeaseView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum LeasesReport {
-    List { leases: Vec<LeaseView> },
-    Release { key: String, reason: String, released: Option<LeaseView> },
+    List {
+        leases: Vec<LeaseView>,
+    },
+    Release {
+        key: String,
+        reason: String,
+        released: Option<LeaseView>,
+    },
 }
 
 impl TaskReport for LeasesReport {
@@ -113,7 +119,9 @@ impl Task for Leases {
                         key = %key, reason = %reason, holder = %l.owner, task = %l.task,
                         expires_at = %l.expires_at, "lease force-released by an operator"
                     ),
-                    None => tracing::info!(key = %key, reason = %reason, "force-release: no such lease"),
+                    None => {
+                        tracing::info!(key = %key, reason = %reason, "force-release: no such lease")
+                    }
                 }
                 Ok(LeasesReport::Release {
                     key,
@@ -137,8 +145,14 @@ mod tests {
         let check = |v: serde_json::Value| spec.check_kwargs(v.as_object().unwrap());
         assert!(check(json!({"action": "list"})).is_ok());
         assert!(check(json!({"action": "list", "kind": "idempotency"})).is_ok());
-        assert!(check(json!({"action": "release", "key": "run:ping", "reason": "stuck after a deploy"})).is_ok());
-        assert!(check(json!({"action": "release", "key": "run:ping"})).is_err(), "a reason is required");
+        assert!(check(
+            json!({"action": "release", "key": "run:ping", "reason": "stuck after a deploy"})
+        )
+        .is_ok());
+        assert!(
+            check(json!({"action": "release", "key": "run:ping"})).is_err(),
+            "a reason is required"
+        );
         assert!(check(json!({"action": "release", "key": "run:ping", "reason": "x"})).is_err());
         assert!(check(json!({"action": "steal", "key": "run:ping"})).is_err());
         assert!(check(json!({})).is_err());

@@ -51,7 +51,8 @@ mod tests {
 
     #[test]
     fn arguments() {
-        let check = |v: serde_json::Value| TaskSpec::of::<Noop>().check_kwargs(v.as_object().unwrap());
+        let check =
+            |v: serde_json::Value| TaskSpec::of::<Noop>().check_kwargs(v.as_object().unwrap());
         assert!(check(json!({})).is_ok());
         assert!(check(json!({"label": "run-1/42"})).is_ok());
         assert!(check(json!({"label": "x".repeat(201)})).is_err());

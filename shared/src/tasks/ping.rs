@@ -104,14 +104,19 @@ impl Task for Ping {
                 ))
             }
             Some(Drill::Permanent) => {
-                return Err(TaskError::permanent(class::TASK_FAILED, "drill: permanent failure"))
+                return Err(TaskError::permanent(
+                    class::TASK_FAILED,
+                    "drill: permanent failure",
+                ))
             }
             Some(Drill::Panic) => panic!("drill: ping was asked to panic"),
             None => {}
         }
 
         let started = Instant::now();
-        let db_time: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(ctx.db()).await?;
+        let db_time: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(ctx.db())
+            .await?;
         let db_roundtrip_us = started.elapsed().as_micros() as u64;
 
         let inserted = sqlx::query(
@@ -183,7 +188,11 @@ fn overdue(
     now: DateTime<Utc>,
     limit_of: impl Fn(&str) -> Option<Duration>,
 ) -> Vec<String> {
-    let longest = Queue::ALL.iter().map(|q| q.time_limit()).max().unwrap_or_default();
+    let longest = Queue::ALL
+        .iter()
+        .map(|q| q.time_limit())
+        .max()
+        .unwrap_or_default();
     leases
         .iter()
         .filter(|l| {
@@ -223,7 +232,14 @@ mod tests {
             .with_timezone(&Utc);
         let lease = |key: &str, task: &str, age_secs: i64| {
             let acquired = now - chrono::Duration::seconds(age_secs);
-            Lease::new(key, LeaseKind::Run, "owner", task, acquired, now + chrono::Duration::seconds(30))
+            Lease::new(
+                key,
+                LeaseKind::Run,
+                "owner",
+                task,
+                acquired,
+                now + chrono::Duration::seconds(30),
+            )
         };
         // Limits by hand: default-queue tasks 120 s, analytics 900 s, unknown tasks the longest (900 s);
         // each with 60 s of slack.
