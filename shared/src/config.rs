@@ -59,9 +59,12 @@ pub struct Settings {
     pub scryfall_base_url: String,
     /// MTGJSON's files (`DD_MTGJSON_BASE_URL`, default https://mtgjson.com/api/v5).
     pub mtgjson_base_url: String,
-    /// Long ingestions stop and continue in a follow-up message when less than this remains
-    /// (`DD_INGEST_RESERVE_MS`, default 60000).
-    pub ingest_reserve: Duration,
+    /// Every long task (an ingestion, a prune) stops between chunks and continues in a follow-up message when
+    /// less than this remains before its deadline (`DD_TASK_RESERVE_MS`, default 60000; the older name
+    /// `DD_INGEST_RESERVE_MS` is read when the new one is unset). See [`TaskContext::near_deadline`].
+    ///
+    /// [`TaskContext::near_deadline`]: crate::context::TaskContext::near_deadline
+    pub task_reserve: Duration,
     /// Series that `compute_price_metrics` reads, computes and writes at a time (`DD_METRICS_CHUNK_SERIES`,
     /// default 2000): its memory stays bounded at any catalog size.
     pub metrics_chunk: usize,
@@ -136,9 +139,13 @@ impl Settings {
                 .unwrap_or_else(|| "https://api.scryfall.com".to_owned()),
             mtgjson_base_url: lookup("DD_MTGJSON_BASE_URL")
                 .unwrap_or_else(|| "https://mtgjson.com/api/v5".to_owned()),
-            ingest_reserve: Duration::from_millis(parse_or(
+            task_reserve: Duration::from_millis(parse_or(
                 &lookup,
-                "DD_INGEST_RESERVE_MS",
+                if lookup("DD_TASK_RESERVE_MS").is_some() {
+                    "DD_TASK_RESERVE_MS"
+                } else {
+                    "DD_INGEST_RESERVE_MS"
+                },
                 60_000,
                 0..=900_000,
             )?),

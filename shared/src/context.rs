@@ -199,6 +199,12 @@ impl TaskContext {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
+    /// True once less than the task reserve (`DD_TASK_RESERVE_MS`, a minute by default) is left before the
+    /// deadline: a long task checks it between chunks, saves its cursor and continues in a follow-up message.
+    pub fn near_deadline(&self) -> bool {
+        self.remaining() < self.settings().task_reserve
+    }
+
     /// A progress logger for `total` items of long work.
     pub fn progress(&self, what: &'static str, total: u64) -> Progress {
         Progress::new(what, total)

@@ -713,7 +713,7 @@ async fn a_prune_that_runs_out_of_time_continues_from_the_next_week() {
     let stack = TestStack::start().await.unwrap();
     // A reserve longer than the function's timeout: every run stops after its first chunk of weeks.
     let default = stack
-        .function(Queue::Default, &[("DD_INGEST_RESERVE_MS", "600000")])
+        .function(Queue::Default, &[("DD_TASK_RESERVE_MS", "600000")])
         .await
         .unwrap();
     let source = stack.event_source(Queue::Default, 10).await.unwrap();

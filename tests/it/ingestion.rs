@@ -301,7 +301,7 @@ async fn a_long_run_continues_in_follow_up_messages_without_gaps_or_duplicates()
         std::fs::read(fixture("scryfall/mid_all_prints.json")).unwrap(),
     );
     // A reserve longer than the function timeout (30 s): every invocation stops after one batch.
-    let function = ingestion_function(&stack, &server, &[("DD_INGEST_RESERVE_MS", "40000")]).await;
+    let function = ingestion_function(&stack, &server, &[("DD_TASK_RESERVE_MS", "40000")]).await;
     let source = stack.event_source(Queue::Ingestion, 1).await.unwrap();
     stack
         .send(

@@ -117,7 +117,7 @@ impl TestStack {
         // Short leases, so a killed holder blocks the next delivery for seconds, not a minute.
         env.insert("DD_LEASE_WINDOW_MS".into(), "3000".into());
         // Functions here time out after 30 s; keep the ingestion reserve well inside that.
-        env.insert("DD_INGEST_RESERVE_MS".into(), "2000".into());
+        env.insert("DD_TASK_RESERVE_MS".into(), "2000".into());
         env.insert("DD_METRICS_DISABLED".into(), "1".into());
         env.insert("RUST_LOG".into(), "info".into());
         env

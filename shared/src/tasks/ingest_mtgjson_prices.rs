@@ -19,7 +19,8 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use uuid::Uuid;
 
 use crate::catalog::{
-    insert_missing_printings, upsert_prices, BatchCounts, Ending, NextWork, IngestOutcome, IngestionRun, RunStart,
+    insert_missing_printings, upsert_prices, BatchCounts, Ending, IngestOutcome, IngestionRun,
+    NextWork, RunStart,
 };
 use crate::context::TaskContext;
 use crate::error::{class, TaskError};
@@ -116,7 +117,11 @@ impl TaskReport for MtgjsonReport {
 
     fn skipped(&self) -> Option<String> {
         (self.outcome == IngestOutcome::Unchanged).then(|| {
-            format!("{} version {} was already ingested", self.source, self.file_version.date_naive())
+            format!(
+                "{} version {} was already ingested",
+                self.source,
+                self.file_version.date_naive()
+            )
         })
     }
 }
@@ -124,7 +129,8 @@ impl TaskReport for MtgjsonReport {
 impl Task for IngestMtgjsonPrices {
     const NAME: &'static str = "ingest_mtgjson_prices";
     const QUEUE: Queue = Queue::Ingestion;
-    const RETRY: RetryPolicy = RetryPolicy::new(4, Duration::from_secs(30), Duration::from_secs(900));
+    const RETRY: RetryPolicy =
+        RetryPolicy::new(4, Duration::from_secs(30), Duration::from_secs(900));
     const SINGLE_INSTANCE: Option<SingleInstance> = Some(SingleInstance {
         keys: &["file"],
         on_duplicate: OnDuplicate::Defer(Duration::from_secs(60)),
@@ -156,7 +162,14 @@ impl Task for IngestMtgjsonPrices {
             .clone()
             .or_else(|| args.file.default_path().map(str::to_owned))
             .ok_or_else(|| {
-                TaskError::permanent(class::INVALID_KWARGS, format!("task `{}`: `{}` needs a `path`", Self::NAME, args.file.as_str()))
+                TaskError::permanent(
+                    class::INVALID_KWARGS,
+                    format!(
+                        "task `{}`: `{}` needs a `path`",
+                        Self::NAME,
+                        args.file.as_str()
+                    ),
+                )
             })?;
         let upstream = &ctx.upstreams().mtgjson;
         let url = upstream.url(&path);
@@ -166,7 +179,8 @@ impl Task for IngestMtgjsonPrices {
         let total_bytes = response.content_length().unwrap_or(0);
         let body = StreamReader::new(response.bytes_stream().map_err(std::io::Error::other));
         let (reader, bytes_read) = CountingReader::new(SyncIoBridge::new(body));
-        let (handshake, mut batches, reader_done) = json_stream::spawn_with_meta(reader, args.batch_size as usize);
+        let (handshake, mut batches, reader_done) =
+            json_stream::spawn_with_meta(reader, args.batch_size as usize);
 
         // The version comes from `meta`, before any entry is read.
         let meta = handshake.meta.await.ok().flatten();
@@ -184,7 +198,8 @@ impl Task for IngestMtgjsonPrices {
                 format!("{source}: {url} has no `meta` with a date before its data ({end:?})"),
             ));
         };
-        let (run, start) = IngestionRun::begin(ctx.db(), &source, version, &url, args.force).await?;
+        let (run, start) =
+            IngestionRun::begin(ctx.db(), &source, version, &url, args.force).await?;
         let mut report = MtgjsonReport {
             source: source.clone(),
             file_version: version,
@@ -212,11 +227,13 @@ impl Task for IngestMtgjsonPrices {
         report.resumed_from = cursor;
         report.cursor = cursor;
         if handshake.skip.send(cursor).is_err() {
-            return Err(TaskError::retryable(class::CORRUPT_DOWNLOAD, format!("{source}: the reader stopped early")));
+            return Err(TaskError::retryable(
+                class::CORRUPT_DOWNLOAD,
+                format!("{source}: the reader stopped early"),
+            ));
         }
 
         let mut progress = ctx.progress("bytes", total_bytes);
-        let reserve = ctx.settings().ingest_reserve;
         let mut stopped = false;
         while let Some(batch) = batches.recv().await {
             let counts = apply_batch(&ctx, &run, args.file, &batch, &mut report).await?;
@@ -224,18 +241,38 @@ impl Task for IngestMtgjsonPrices {
             report.prices_changed += counts.prices;
             report.malformed += counts.malformed;
             progress.update(bytes_read.load(Ordering::Relaxed));
-            if ctx.remaining() < reserve {
+            if ctx.near_deadline() {
                 stopped = true;
                 break;
             }
         }
         drop(batches);
-        let end = reader_done.await.unwrap_or_else(|e| StreamEnd::Corrupt(format!("reader thread failed: {e}")));
+        let end = reader_done
+            .await
+            .unwrap_or_else(|e| StreamEnd::Corrupt(format!("reader thread failed: {e}")));
         let kwargs = json!({"file": args.file, "path": args.path, "batch_size": args.batch_size});
-        let follow_up = (Self::NAME, Self::QUEUE, kwargs.as_object().cloned().unwrap_or_default());
+        let follow_up = (
+            Self::NAME,
+            Self::QUEUE,
+            kwargs.as_object().cloned().unwrap_or_default(),
+        );
         // New prices call for new metrics; identifiers do not.
-        let then = (args.file != MtgjsonFile::AllIdentifiers).then_some(("compute_price_metrics", Queue::Analytics));
-        match run.conclude(ctx.db(), &ctx, end, report.cursor, stopped, NextWork { resume: follow_up, then }).await? {
+        let then = (args.file != MtgjsonFile::AllIdentifiers)
+            .then_some(("compute_price_metrics", Queue::Analytics));
+        match run
+            .conclude(
+                ctx.db(),
+                &ctx,
+                end,
+                report.cursor,
+                stopped,
+                NextWork {
+                    resume: follow_up,
+                    then,
+                },
+            )
+            .await?
+        {
             Ending::Completed => {}
             Ending::Continued(id) => {
                 report.outcome = IngestOutcome::Continued;

@@ -16,12 +16,12 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use uuid::Uuid;
 
 use crate::catalog::{
-    upsert_price_columns, upsert_printings, BatchCounts, Ending, NextWork, IngestOutcome, IngestionRun, PriceColumns,
-    RunStart,
+    upsert_price_columns, upsert_printings, BatchCounts, Ending, IngestOutcome, IngestionRun,
+    NextWork, PriceColumns, RunStart,
 };
 use crate::context::TaskContext;
 use crate::error::{class, TaskError};
@@ -34,7 +34,12 @@ use crate::scryfall::{BulkIndex, Card, CardId};
 
 pub struct IngestScryfallBulk;
 
-const BULK_TYPES: [&str; 4] = ["default_cards", "all_cards", "oracle_cards", "unique_artwork"];
+const BULK_TYPES: [&str; 4] = [
+    "default_cards",
+    "all_cards",
+    "oracle_cards",
+    "unique_artwork",
+];
 
 fn default_bulk_type() -> String {
     "default_cards".to_owned()
@@ -48,7 +53,10 @@ fn known_bulk_type(value: &str, _: &()) -> garde::Result {
     if BULK_TYPES.contains(&value) {
         Ok(())
     } else {
-        Err(garde::Error::new(format!("must be one of {}", BULK_TYPES.join(", "))))
+        Err(garde::Error::new(format!(
+            "must be one of {}",
+            BULK_TYPES.join(", ")
+        )))
     }
 }
 
@@ -110,7 +118,11 @@ impl TaskReport for IngestReport {
 
     fn skipped(&self) -> Option<String> {
         (self.outcome == IngestOutcome::Unchanged).then(|| {
-            format!("{} version {} was already ingested", self.source, self.file_version.to_rfc3339())
+            format!(
+                "{} version {} was already ingested",
+                self.source,
+                self.file_version.to_rfc3339()
+            )
         })
     }
 }
@@ -139,7 +151,9 @@ fn parse_batch(batch: Vec<json_stream::Item>, day: chrono::NaiveDate) -> ParsedB
             }
             Err(e) => {
                 parsed.malformed += 1;
-                let id = serde_json::from_str::<CardId>(item.raw.get()).ok().and_then(|c| c.id);
+                let id = serde_json::from_str::<CardId>(item.raw.get())
+                    .ok()
+                    .and_then(|c| c.id);
                 tracing::warn!(card_id = id.as_deref().unwrap_or("(none)"), error = %e, "skipping a malformed card object");
             }
         }
@@ -179,7 +193,11 @@ struct BatchWrites {
 
 impl BatchWrites {
     fn new(pool: &sqlx::PgPool, run: &IngestionRun) -> BatchWrites {
-        let depth = if pool.options().get_max_connections() >= 2 { 2 } else { 1 };
+        let depth = if pool.options().get_max_connections() >= 2 {
+            2
+        } else {
+            1
+        };
         BatchWrites {
             pool: pool.clone(),
             run: run.clone(),
@@ -194,7 +212,11 @@ impl BatchWrites {
     /// Waits for the oldest write when `next` may not start yet: as many are in flight as may be, or `next`
     /// shares a printing with the newest one. `None` once it may start.
     async fn make_room(&mut self, next: &ParsedBatch) -> Result<Option<WrittenBatch>, TaskError> {
-        let shares = || next.printings.iter().any(|p| self.last_ids.contains(&p.scryfall_id));
+        let shares = || {
+            next.printings
+                .iter()
+                .any(|p| self.last_ids.contains(&p.scryfall_id))
+        };
         if self.in_flight.is_empty() || (self.in_flight.len() < self.depth && !shares()) {
             return Ok(None);
         }
@@ -208,7 +230,9 @@ impl BatchWrites {
         };
         let done = handle
             .await
-            .map_err(|e| TaskError::permanent(class::TASK_FAILED, format!("writing a batch failed: {e}")))
+            .map_err(|e| {
+                TaskError::permanent(class::TASK_FAILED, format!("writing a batch failed: {e}"))
+            })
             .and_then(|written| written);
         if done.is_err() {
             self.in_flight.drain(..).for_each(|later| later.abort());
@@ -220,8 +244,19 @@ impl BatchWrites {
         self.last_ids = batch.printings.iter().map(|p| p.scryfall_id).collect();
         let (committed, commit_seen) = oneshot::channel();
         let after = self.last_commit.replace(commit_seen);
-        let (pool, run, copy_printings) = (self.pool.clone(), self.run.clone(), self.copy_printings.clone());
-        self.in_flight.push_back(tokio::spawn(write_batch(pool, run, batch, copy_printings, after, committed)));
+        let (pool, run, copy_printings) = (
+            self.pool.clone(),
+            self.run.clone(),
+            self.copy_printings.clone(),
+        );
+        self.in_flight.push_back(tokio::spawn(write_batch(
+            pool,
+            run,
+            batch,
+            copy_printings,
+            after,
+            committed,
+        )));
     }
 }
 
@@ -245,20 +280,33 @@ async fn write_batch(
     if let Some(previous) = after {
         // Dropping `tx` rolls this batch back: the cursor must not pass a batch that was never applied.
         previous.await.map_err(|_| {
-            TaskError::retryable(class::TASK_FAILED, "not applied: the batch before it failed".to_owned())
+            TaskError::retryable(
+                class::TASK_FAILED,
+                "not applied: the batch before it failed".to_owned(),
+            )
         })?;
     }
-    let counts = BatchCounts { items: batch.items, printings, prices, malformed: batch.malformed };
+    let counts = BatchCounts {
+        items: batch.items,
+        printings,
+        prices,
+        malformed: batch.malformed,
+    };
     let cursor = run.advance(&mut tx, counts).await?;
     tx.commit().await?;
     let _ = committed.send(());
-    Ok(WrittenBatch { counts, cursor, elapsed: started.elapsed() })
+    Ok(WrittenBatch {
+        counts,
+        cursor,
+        elapsed: started.elapsed(),
+    })
 }
 
 impl Task for IngestScryfallBulk {
     const NAME: &'static str = "ingest_scryfall_bulk";
     const QUEUE: Queue = Queue::Ingestion;
-    const RETRY: RetryPolicy = RetryPolicy::new(4, Duration::from_secs(30), Duration::from_secs(900));
+    const RETRY: RetryPolicy =
+        RetryPolicy::new(4, Duration::from_secs(30), Duration::from_secs(900));
     /// One ingestion per bulk type at a time; a second one waits (a continuation must never be dropped).
     const SINGLE_INSTANCE: Option<SingleInstance> = Some(SingleInstance {
         keys: &["bulk_type"],
@@ -278,12 +326,25 @@ impl Task for IngestScryfallBulk {
     async fn run(args: IngestScryfallArgs, ctx: TaskContext) -> Result<IngestReport, TaskError> {
         let upstream = &ctx.upstreams().scryfall;
         let index: BulkIndex = upstream.get_json("bulk-data").await?;
-        let item = index.data.into_iter().find(|i| i.kind == args.bulk_type).ok_or_else(|| {
-            TaskError::permanent(class::UPSTREAM, format!("the bulk-data index lists no `{}` file", args.bulk_type))
-        })?;
+        let item = index
+            .data
+            .into_iter()
+            .find(|i| i.kind == args.bulk_type)
+            .ok_or_else(|| {
+                TaskError::permanent(
+                    class::UPSTREAM,
+                    format!("the bulk-data index lists no `{}` file", args.bulk_type),
+                )
+            })?;
         let source = format!("scryfall:{}", args.bulk_type);
-        let (run, start) =
-            IngestionRun::begin(ctx.db(), &source, item.updated_at, &item.download_uri, args.force).await?;
+        let (run, start) = IngestionRun::begin(
+            ctx.db(),
+            &source,
+            item.updated_at,
+            &item.download_uri,
+            args.force,
+        )
+        .await?;
         let mut report = IngestReport {
             source: source.clone(),
             file_version: item.updated_at,
@@ -319,9 +380,9 @@ impl Task for IngestScryfallBulk {
         let total_bytes = response.content_length().or(item.size_hint()).unwrap_or(0);
         let body = StreamReader::new(response.bytes_stream().map_err(std::io::Error::other));
         let (reader, bytes_read) = CountingReader::new(SyncIoBridge::new(body));
-        let (mut batches, reader_done) = json_stream::spawn(reader, Shape::Array, cursor, args.batch_size as usize);
+        let (mut batches, reader_done) =
+            json_stream::spawn(reader, Shape::Array, cursor, args.batch_size as usize);
         let mut progress = ctx.progress("bytes", total_bytes);
-        let reserve = ctx.settings().ingest_reserve;
         let mut stopped = false;
 
         // Three stages: the next batch's card objects are parsed on a blocking thread while earlier batches are
@@ -334,7 +395,10 @@ impl Task for IngestScryfallBulk {
             let next = batches.recv().await;
             let ready = match parsing.take() {
                 Some(handle) => Some(handle.await.map_err(|e| {
-                    TaskError::permanent(class::TASK_FAILED, format!("parsing a batch of card objects failed: {e}"))
+                    TaskError::permanent(
+                        class::TASK_FAILED,
+                        format!("parsing a batch of card objects failed: {e}"),
+                    )
                 })?),
                 None => None,
             };
@@ -352,7 +416,7 @@ impl Task for IngestScryfallBulk {
                 progress.update(bytes_read.load(Ordering::Relaxed));
             }
             // A batch starts only while the reserve remains, after the first: every invocation makes progress.
-            if started > 0 && ctx.remaining() < reserve {
+            if started > 0 && ctx.near_deadline() {
                 // Neither this batch nor one still being parsed is applied: the cursor says where the
                 // follow-up resumes.
                 stopped = true;
@@ -366,11 +430,30 @@ impl Task for IngestScryfallBulk {
             progress.update(bytes_read.load(Ordering::Relaxed));
         }
         drop(batches);
-        let end = reader_done.await.unwrap_or_else(|e| StreamEnd::Corrupt(format!("reader thread failed: {e}")));
+        let end = reader_done
+            .await
+            .unwrap_or_else(|e| StreamEnd::Corrupt(format!("reader thread failed: {e}")));
         let kwargs = json!({"bulk_type": args.bulk_type, "batch_size": args.batch_size});
-        let follow_up = (Self::NAME, Self::QUEUE, kwargs.as_object().cloned().unwrap_or_default());
+        let follow_up = (
+            Self::NAME,
+            Self::QUEUE,
+            kwargs.as_object().cloned().unwrap_or_default(),
+        );
         let then = Some(("compute_price_metrics", Queue::Analytics));
-        match run.conclude(ctx.db(), &ctx, end, report.cursor, stopped, NextWork { resume: follow_up, then }).await? {
+        match run
+            .conclude(
+                ctx.db(),
+                &ctx,
+                end,
+                report.cursor,
+                stopped,
+                NextWork {
+                    resume: follow_up,
+                    then,
+                },
+            )
+            .await?
+        {
             Ending::Completed => {}
             Ending::Continued(id) => {
                 report.outcome = IngestOutcome::Continued;
