@@ -54,6 +54,16 @@ pub trait Task: Send + Sync + 'static {
         args: Self::Args,
         ctx: TaskContext,
     ) -> impl Future<Output = Result<Self::Report, TaskError>> + Send;
+
+    /// What the arguments must mean beyond their types and `garde` bounds: one argument against another, or
+    /// against today's date. Called after the bounds, both before a message is sent (`check_kwargs`:
+    /// `dualcaster enqueue`, the ops `trigger`, `Registry::envelope`) and when the task runs, so arguments
+    /// refused here never reach a queue, and a message that gets past a producer anyway is dead-lettered as
+    /// `invalid_kwargs` with this message. It sees no database: what needs one is checked in `run`.
+    fn validate(args: &Self::Args) -> Result<(), String> {
+        let _ = args;
+        Ok(())
+    }
 }
 
 /// What a second run does while a single-instance task is already running.
@@ -227,6 +237,12 @@ fn parse_args<T: Task>(kwargs: Map<String, Value>) -> Result<T::Args, TaskError>
         TaskError::permanent(
             class::INVALID_KWARGS,
             format!("task `{}`: {}", T::NAME, problems.join("; ")),
+        )
+    })?;
+    T::validate(&args).map_err(|problem| {
+        TaskError::permanent(
+            class::INVALID_KWARGS,
+            format!("task `{}`: {problem}", T::NAME),
         )
     })?;
     Ok(args)

@@ -51,9 +51,10 @@ pub struct PrunePriceHistoryArgs {
 
 fn monday(day: &Option<NaiveDate>, _: &()) -> garde::Result {
     match day {
-        Some(d) if d.weekday() != chrono::Weekday::Mon => {
-            Err(garde::Error::new(format!("{d} is a {}, not a Monday", d.weekday())))
-        }
+        Some(d) if d.weekday() != chrono::Weekday::Mon => Err(garde::Error::new(format!(
+            "{d} is a {}, not a Monday",
+            d.weekday()
+        ))),
         _ => Ok(()),
     }
 }
@@ -121,6 +122,32 @@ kept AS (
 SELECT coalesce(sum(deleted), 0)::bigint FROM per_series"
 );
 
+/// The latest cutoff a prune may use on `today`: the Monday of the week in which the kept window starts, so
+/// every week it rolls up ended before the window.
+fn latest_cutoff(keep_days: u32, today: NaiveDate) -> NaiveDate {
+    week_of(today - chrono::Duration::days(keep_days as i64))
+}
+
+/// The arguments' meaning against each other and the date: what `validate` refuses, at enqueue and at run
+/// time.
+fn check_dates(args: &PrunePriceHistoryArgs, today: NaiveDate) -> Result<(), String> {
+    let latest = latest_cutoff(args.keep_days, today);
+    if let Some(cutoff) = args.cutoff {
+        if cutoff > latest {
+            return Err(format!(
+                "cutoff: {cutoff} would prune inside the {} days kept (the latest cutoff on {today} is {latest})",
+                args.keep_days
+            ));
+        }
+        if let Some(from) = args.resume_from.filter(|from| *from >= cutoff) {
+            return Err(format!(
+                "resume_from: {from} is not before the cutoff {cutoff}, so there is nothing to prune"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn week_of(day: NaiveDate) -> NaiveDate {
     day - chrono::Duration::days(day.weekday().num_days_from_monday() as i64)
 }
@@ -128,7 +155,8 @@ fn week_of(day: NaiveDate) -> NaiveDate {
 impl Task for PrunePriceHistory {
     const NAME: &'static str = "prune_price_history";
     const QUEUE: Queue = Queue::Default;
-    const RETRY: RetryPolicy = RetryPolicy::new(3, Duration::from_secs(30), Duration::from_secs(600));
+    const RETRY: RetryPolicy =
+        RetryPolicy::new(3, Duration::from_secs(30), Duration::from_secs(600));
     /// One prune at a time; a second one (or a continuation arriving early) waits for the first.
     const SINGLE_INSTANCE: Option<SingleInstance> = Some(SingleInstance {
         keys: &[],
@@ -145,19 +173,22 @@ impl Task for PrunePriceHistory {
     type Args = PrunePriceHistoryArgs;
     type Report = PruneReport;
 
+    /// A `cutoff` inside the kept window, or a `resume_from` past it, is refused before it is enqueued.
+    fn validate(args: &PrunePriceHistoryArgs) -> Result<(), String> {
+        check_dates(args, chrono::Utc::now().date_naive())
+    }
+
     async fn run(args: PrunePriceHistoryArgs, ctx: TaskContext) -> Result<PruneReport, TaskError> {
-        let cutoff = match args.cutoff {
-            Some(c) => c,
-            None => {
-                let today: NaiveDate = sqlx::query_scalar("SELECT current_date").fetch_one(ctx.db()).await?;
-                week_of(today - chrono::Duration::days(args.keep_days as i64))
-            }
-        };
-        let oldest: Option<NaiveDate> =
-            sqlx::query_scalar("SELECT min(day) FROM price_points WHERE $1::date IS NULL OR day >= $1")
-                .bind(args.resume_from)
-            .fetch_one(ctx.db())
-            .await?;
+        // The function's clock, the same one `validate` checks a continuation's cutoff against.
+        let cutoff = args
+            .cutoff
+            .unwrap_or_else(|| latest_cutoff(args.keep_days, chrono::Utc::now().date_naive()));
+        let oldest: Option<NaiveDate> = sqlx::query_scalar(
+            "SELECT min(day) FROM price_points WHERE $1::date IS NULL OR day >= $1",
+        )
+        .bind(args.resume_from)
+        .fetch_one(ctx.db())
+        .await?;
         let mut report = PruneReport {
             keep_days: args.keep_days,
             dry_run: args.dry_run,
@@ -167,10 +198,11 @@ impl Task for PrunePriceHistory {
             deleted: 0,
             continuation: None,
         };
-        let Some(oldest) = oldest else { return Ok(report) };
+        let Some(oldest) = oldest else {
+            return Ok(report);
+        };
         let mut start = week_of(oldest);
         report.from = Some(start);
-        let reserve = ctx.settings().ingest_reserve;
         while start < cutoff {
             let end = (start + chrono::Duration::days(7 * WEEKS_PER_CHUNK)).min(cutoff);
             let weeks: i64 = sqlx::query_scalar(
@@ -198,21 +230,27 @@ impl Task for PrunePriceHistory {
             report.deleted += deleted;
             tracing::info!(from = %start, to = %end, weeks, deleted, dry_run = args.dry_run, "rolled up price history");
             // Skip empty stretches: the next chunk starts at the week of the next point.
-            let next: Option<NaiveDate> = sqlx::query_scalar("SELECT min(day) FROM price_points WHERE day >= $1")
-                .bind(end)
-                .fetch_one(ctx.db())
-                .await?;
+            let next: Option<NaiveDate> =
+                sqlx::query_scalar("SELECT min(day) FROM price_points WHERE day >= $1")
+                    .bind(end)
+                    .fetch_one(ctx.db())
+                    .await?;
             match next {
                 Some(day) => start = week_of(day),
                 None => break,
             }
-            if start < cutoff && ctx.remaining() < reserve {
+            if start < cutoff && ctx.near_deadline() {
                 let kwargs = serde_json::json!({
                     "keep_days": args.keep_days, "dry_run": args.dry_run,
                     "resume_from": start, "cutoff": cutoff,
                 });
-                let id = format!("prune:{cutoff}:{start}:{}", if args.dry_run { "dry" } else { "apply" });
-                let envelope = Envelope::new(Self::NAME, kwargs.as_object().cloned().unwrap_or_default()).with_id(&id);
+                let id = format!(
+                    "prune:{cutoff}:{start}:{}",
+                    if args.dry_run { "dry" } else { "apply" }
+                );
+                let envelope =
+                    Envelope::new(Self::NAME, kwargs.as_object().cloned().unwrap_or_default())
+                        .with_id(&id);
                 // Two seconds later, so this run has released its lease when the follow-up arrives.
                 ctx.enqueue(Self::QUEUE, &envelope, 2).await?;
                 tracing::info!(continuation = %id, "deadline near: continuing in a follow-up message");
@@ -236,12 +274,62 @@ mod tests {
         let check = |v: serde_json::Value| spec.check_kwargs(v.as_object().unwrap());
         assert!(check(json!({})).is_ok());
         assert!(check(json!({"keep_days": 61, "dry_run": true})).is_ok());
-        assert!(check(json!({"keep_days": 30})).is_err(), "inside the metrics' 61 days");
+        assert!(
+            check(json!({"keep_days": 30})).is_err(),
+            "inside the metrics' 61 days"
+        );
         assert!(check(json!({"keep_days": -1})).is_err());
-        assert!(check(json!({"resume_from": "2026-11-23", "cutoff": "2026-08-24"})).is_ok());
+        assert!(check(json!({"resume_from": "2026-08-17", "cutoff": "2026-08-24"})).is_ok());
+        assert!(
+            check(json!({"resume_from": "2026-11-23", "cutoff": "2026-08-24"})).is_err(),
+            "a continuation past its own cutoff"
+        );
         let tuesday = check(json!({"resume_from": "2026-11-24"})).unwrap_err();
         assert!(tuesday.to_string().contains("not a Monday"), "{tuesday}");
         assert!(check(json!({"resume_from": "yesterday"})).is_err());
+    }
+
+    /// The dates are worked out by hand from the calendar.
+    #[test]
+    fn a_cutoff_inside_the_kept_window_is_refused() {
+        let d = |s: &str| s.parse::<NaiveDate>().unwrap();
+        let args = |cutoff: Option<&str>, resume_from: Option<&str>| PrunePriceHistoryArgs {
+            keep_days: 90,
+            dry_run: false,
+            resume_from: resume_from.map(d),
+            cutoff: cutoff.map(d),
+        };
+        // 2026-12-07 - 90 days = 2026-09-08, a Tuesday: its week starts on Monday 2026-09-07.
+        let today = d("2026-12-07");
+        assert_eq!(latest_cutoff(90, today), d("2026-09-07"));
+        assert_eq!(check_dates(&args(Some("2026-09-07"), None), today), Ok(()));
+        assert_eq!(check_dates(&args(Some("2025-01-06"), None), today), Ok(()));
+        let late = check_dates(&args(Some("2026-09-14"), None), today).unwrap_err();
+        assert_eq!(
+            late,
+            "cutoff: 2026-09-14 would prune inside the 90 days kept (the latest cutoff on 2026-12-07 is 2026-09-07)"
+        );
+        assert_eq!(
+            check_dates(&args(Some("2026-08-03"), Some("2026-07-27")), today),
+            Ok(())
+        );
+        let past = check_dates(&args(Some("2026-08-03"), Some("2026-08-03")), today).unwrap_err();
+        assert!(
+            past.starts_with("resume_from: 2026-08-03 is not before"),
+            "{past}"
+        );
+        // Through the spec, as `dualcaster enqueue` checks it: refused with the task's name and the class.
+        let spec = TaskSpec::of::<PrunePriceHistory>();
+        let err = spec
+            .check_kwargs(json!({"cutoff": "2099-01-05"}).as_object().unwrap())
+            .unwrap_err();
+        assert_eq!(err.class(), "invalid_kwargs");
+        assert!(
+            err.message()
+                .starts_with("task `prune_price_history`: cutoff: 2099-01-05 would prune inside"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]
