@@ -38,10 +38,27 @@ use dualcaster_tools::local::load_env_file;
 use args::{Cli, Command};
 use bench_leases::bench_leases;
 use commands::{enqueue, invoke, list_tasks, ops, provision_command, status};
-use stack::{database_url, local_ops, migrate, run, runner};
+use stack::{local_ops, migrate, run, runner};
 use template::{list_schedules, template_command};
 
-fn main() -> Result<()> {
+/// An error ends the command with one line, `error: <what failed>: <why>`, the causes joined in order. The
+/// backtrace that `RUST_BACKTRACE=1` makes anyhow capture is printed only when `DUALCASTER_BACKTRACE=1` asks
+/// for it: many shells set `RUST_BACKTRACE` for every program, and thirty frames would push the message off
+/// the screen.
+fn main() -> std::process::ExitCode {
+    match main_inner() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if std::env::var_os("DUALCASTER_BACKTRACE").is_some_and(|v| v == "1") {
+                eprintln!("{e:?}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner() -> Result<()> {
     let cli = Cli::parse();
     // The env file joins the process environment before any thread exists; nothing sets a variable later.
     if cli.env_file.is_file() {
@@ -56,7 +73,7 @@ fn main() -> Result<()> {
 
 async fn execute(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Migrate => migrate(&database_url()?).await,
+        Command::Migrate => migrate(&dualcaster_tools::local::database_url()).await,
         Command::Provision {
             stack,
             template,
@@ -125,7 +142,7 @@ async fn execute(cli: Cli) -> Result<()> {
             bench_runtime::bench_runtime(&lambda_dir, &[&lambda_dir, &arm64_dir], starts, batches)
                 .await
         }
-        Command::Template { action, path } => template_command(action, &path),
+        Command::Template { action, path, docs } => template_command(action, &path, &docs),
         Command::Schedules { next } => list_schedules(next),
         Command::Demo {
             stack,
