@@ -102,6 +102,9 @@ pub enum Command {
         action: TemplateAction,
         #[arg(long, default_value = "infra/template.yaml")]
         path: PathBuf,
+        /// The docs page whose schedules table is generated from the registry too.
+        #[arg(long, default_value = "docs/operating.md")]
+        docs: PathBuf,
     },
     /// List every schedule with its next fire times (UTC).
     Schedules {
@@ -217,9 +220,10 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum TemplateAction {
-    /// Rewrite the generated blocks (schedules; dashboard and alarms) from the registry.
+    /// Rewrite the generated blocks (schedules; dashboard and alarms; the docs' schedules table) from the
+    /// registry.
     Sync,
-    /// Fail if the generated block drifted or an invariant is broken.
+    /// Fail if a generated block drifted or an invariant is broken.
     Check,
     /// Print the template without its functions, as plain CloudFormation (queues, DLQs, alarms, rules,
     /// the lease table): what a deploy rehearsal creates in LocalStack.

@@ -1,5 +1,5 @@
-//! `dualcaster template` and `dualcaster schedules`: the template's generated schedules and deployment
-//! rules, and every schedule's next fire times.
+//! `dualcaster template` and `dualcaster schedules`: the template's generated blocks and deployment rules,
+//! the docs' generated schedules table, and every schedule's next fire times.
 
 use std::path::Path;
 
@@ -8,14 +8,16 @@ use chrono::Utc;
 
 use crate::args::TemplateAction;
 
-pub fn template_command(action: TemplateAction, path: &Path) -> Result<()> {
-    use dualcaster_tools::infra;
+pub fn template_command(action: TemplateAction, path: &Path, docs: &Path) -> Result<()> {
+    use dualcaster_tools::{generated_docs, infra};
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let registry = dualcaster::tasks::registry();
     if let Err(problems) = registry.validate_schedules() {
         bail!("invalid schedules:\n  {}", problems.join("\n  "));
     }
+    let read_docs =
+        || std::fs::read_to_string(docs).with_context(|| format!("reading {}", docs.display()));
     match action {
         TemplateAction::Sync => {
             let synced = infra::sync(&text, &registry)?;
@@ -27,6 +29,15 @@ pub fn template_command(action: TemplateAction, path: &Path) -> Result<()> {
                     "rewrote the generated blocks (schedules; dashboard and alarms) of {}",
                     path.display()
                 );
+            }
+            let page = read_docs()?;
+            let synced = generated_docs::sync_operating(&page, &registry)
+                .with_context(|| format!("{}", docs.display()))?;
+            if synced == page {
+                eprintln!("{} is up to date", docs.display());
+            } else {
+                std::fs::write(docs, synced)?;
+                eprintln!("rewrote the schedules table of {}", docs.display());
             }
             Ok(())
         }
@@ -46,9 +57,13 @@ pub fn template_command(action: TemplateAction, path: &Path) -> Result<()> {
                     problems.join("\n  ")
                 );
             }
+            generated_docs::check_operating(&read_docs()?, &registry)
+                .with_context(|| format!("{}", docs.display()))?;
             eprintln!(
-                "{}: schedules match the registry; invariants hold",
-                path.display()
+                "{}: the generated blocks (schedules; dashboard and alarms) match the registry and the \
+                 deployment rules hold; {}: the schedules table matches the registry",
+                path.display(),
+                docs.display()
             );
             Ok(())
         }
