@@ -36,7 +36,10 @@ run: setup ## The whole system here until Ctrl-C: functions under cargo lambda w
 ops: provision ## An operator action (the ops function's payload): make ops REQUEST='{"action":"schedules"}' [ENDPOINT=http://127.0.0.1:9000]
 	$(CLI) ops '$(REQUEST)' $(if $(ENDPOINT),--endpoint $(ENDPOINT))
 
-mcp: build ## The operators' MCP server on stdio (for an assistant's MCP client configuration)
+# stdout is the MCP stream: the build and the provisioning before the server print to stderr only.
+mcp: ## The operators' MCP server on stdio (for an assistant's MCP client configuration)
+	@$(CARGO) build --quiet --workspace --bins >&2
+	@$(CLI) provision >&2
 	@$(CLI) mcp
 
 demo: setup ## The main job: the whole system on this machine, end to end
@@ -60,12 +63,14 @@ test-unit: ## Unit tests only (no services needed)
 test-integration: setup ## Integration tests only
 	$(CARGO) test -p integration-tests
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt (the workspace and the fuzz targets) and clippy, warnings are errors
 	$(CARGO) fmt --all --check
+	$(CARGO) fmt --all --check --manifest-path fuzz/Cargo.toml
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-fmt:
+fmt: ## Format every Rust file (the workspace and the fuzz targets)
 	$(CARGO) fmt --all
+	$(CARGO) fmt --all --manifest-path fuzz/Cargo.toml
 
 tasks: build ## List registered tasks, their queues and retry policies
 	$(CLI) tasks

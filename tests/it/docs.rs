@@ -180,3 +180,154 @@ fn the_readme_layout_names_what_is_in_the_tree() {
         "in the tree but not in the Layout: {unnamed:?}"
     );
 }
+
+/// The Makefile's targets: `name:` at the start of a line (not `NAME :=`).
+fn makefile_targets() -> BTreeSet<String> {
+    let makefile = std::fs::read_to_string(repo().join("Makefile")).expect("Makefile");
+    makefile
+        .lines()
+        .filter(|l| !l.starts_with(['\t', '#', '.']) && !l.contains(":="))
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim().to_owned()))
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_%".contains(c))
+        })
+        .collect()
+}
+
+/// Whether `named` (as the docs write it: `trigger-<name>`, `bench-*`) is a target, patterns included.
+fn is_target(named: &str, targets: &BTreeSet<String>) -> bool {
+    let named = named.split('<').next().unwrap_or_default();
+    targets
+        .iter()
+        .any(|t| match (t.strip_suffix('%'), named.strip_suffix('*')) {
+            (_, Some(prefix)) => t.starts_with(prefix),
+            (Some(prefix), None) => named.starts_with(prefix),
+            (None, None) => t == named,
+        })
+}
+
+/// The targets of one command as the docs write it (`make lint test`, `DATABASE_URL=... make migrate`,
+/// `make bench-analytics RUNS=3`): the words after `make`, up to the first argument or comment.
+fn targets_of_command(command: &str) -> Vec<String> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let Some(at) = words.iter().position(|w| *w == "make") else {
+        return Vec::new();
+    };
+    if !words[..at].iter().all(|w| w.contains('=')) {
+        return Vec::new();
+    }
+    words[at + 1..]
+        .iter()
+        .take_while(|w| {
+            w.starts_with(|c: char| c.is_ascii_lowercase())
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_%<>*".contains(c))
+        })
+        .map(|w| (*w).to_owned())
+        .collect()
+}
+
+/// Every `make <target>` the README and the docs name: inline code that is a make command, and the commands
+/// of code blocks (a line, or a part of one after ` · ` or ` / `).
+fn named_make_targets() -> BTreeSet<(String, String)> {
+    let mut named = BTreeSet::new();
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).expect("page");
+        let file = page
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let mut in_code = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                in_code = !in_code;
+                continue;
+            }
+            let commands: Vec<&str> = if in_code {
+                line.split(" · ")
+                    .flat_map(|part| part.split(" / "))
+                    .collect()
+            } else {
+                line.split('`').skip(1).step_by(2).collect()
+            };
+            for command in commands {
+                for target in targets_of_command(command) {
+                    named.insert((file.clone(), target));
+                }
+            }
+        }
+    }
+    named
+}
+
+/// `make lint test` in the docs names two targets; everything named must exist, and every target (named or
+/// not) has its place in scripts/check-make-targets.sh, which runs the cheap ones as a first command and reads
+/// the dependencies of the rest.
+#[test]
+fn every_make_target_the_docs_name_exists_and_is_checked_as_a_first_command() {
+    let targets = makefile_targets();
+    assert!(
+        targets.contains("demo") && targets.contains("trigger-%"),
+        "{targets:?}"
+    );
+    let named = named_make_targets();
+    assert!(
+        named.iter().any(|(_, t)| t == "bench-analytics"),
+        "{named:?}"
+    );
+    let missing: Vec<String> = named
+        .iter()
+        .filter(|(_, t)| !is_target(t, &targets))
+        .map(|(file, t)| format!("{file}: make {t}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the docs name targets the Makefile does not have: {missing:?}"
+    );
+
+    let script =
+        std::fs::read_to_string(repo().join("scripts/check-make-targets.sh")).expect("script");
+    // Each line of `cheap` is one entry whose first word is the target; `not_run` is a list of words.
+    let list = |name: &str, first_word_only: bool| -> BTreeSet<String> {
+        let body = script
+            .split(&format!("\n{name}=("))
+            .nth(1)
+            .and_then(|rest| rest.split("\n)").next())
+            .unwrap_or_else(|| panic!("the script's {name} list"));
+        body.lines()
+            .map(|l| l.split('#').next().unwrap_or_default())
+            .flat_map(|l| {
+                let words = l.split_whitespace().map(|w| w.trim_matches('"').to_owned());
+                if first_word_only {
+                    words.take(1).collect::<Vec<_>>()
+                } else {
+                    words.collect()
+                }
+            })
+            .filter(|w| !w.is_empty())
+            .collect()
+    };
+    let (cheap, not_run) = (list("cheap", true), list("not_run", false));
+    let checked = |target: &str| {
+        let as_run = target.replace('%', "ping");
+        cheap.contains(target) || cheap.contains(&as_run) || not_run.contains(target)
+    };
+    let unchecked: Vec<&String> = targets.iter().filter(|t| !checked(t)).collect();
+    assert!(
+        unchecked.is_empty(),
+        "targets with no place in scripts/check-make-targets.sh (run it if cheap, list it in not_run if not): {unchecked:?}"
+    );
+    let unknown: Vec<&String> = cheap
+        .iter()
+        .chain(&not_run)
+        .filter(|t| !is_target(t, &targets))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the script checks targets the Makefile does not have: {unknown:?}"
+    );
+}

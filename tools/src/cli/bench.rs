@@ -163,7 +163,7 @@ async fn ingest_once(
     let mut env = local_aws_defaults();
     env.insert("DATABASE_URL".into(), url.clone());
     env.insert("DD_SCRYFALL_BASE_URL".into(), stub.base_url.clone());
-    env.insert("DD_INGEST_RESERVE_MS".into(), "0".into());
+    env.insert("DD_TASK_RESERVE_MS".into(), "0".into());
     env.insert("DD_METRICS_DISABLED".into(), "1".into());
     env.insert("RUST_LOG".into(), "warn".into());
     for (k, v) in std::env::vars().filter(|(k, _)| {
@@ -230,7 +230,7 @@ pub async fn bench_ingest(
     rounds: u32,
 ) -> Result<()> {
     let admin_url = std::env::var("DD_BENCH_ADMIN_DATABASE_URL")
-        .unwrap_or_else(|_| "postgresql://app:app@127.0.0.1:5432/app".to_owned());
+        .unwrap_or_else(|_| dualcaster_tools::local::LOCAL_DATABASE_URL.to_owned());
     let cards: Vec<Value> = serde_json::from_reader(
         std::fs::File::open(sample).with_context(|| format!("reading {}", sample.display()))?,
     )?;

@@ -77,7 +77,7 @@ fn function_env(url: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     env.insert("DATABASE_URL".into(), url.to_owned());
     env.insert("DD_METRICS_DISABLED".into(), "1".into());
     env.insert("RUST_LOG".into(), "warn".into());
-    env.insert("DD_INGEST_RESERVE_MS".into(), "0".into());
+    env.insert("DD_TASK_RESERVE_MS".into(), "0".into());
     for (k, v) in std::env::vars().filter(|(k, _)| {
         k.starts_with("DD_QUEUE_URL_") || k.starts_with("DD_DLQ_URL_") || k == "DD_LEASE_TABLE"
     }) {
@@ -554,7 +554,7 @@ pub async fn bench_analytics(
     runs: u32,
 ) -> Result<()> {
     let admin_url = std::env::var("DD_BENCH_ADMIN_DATABASE_URL")
-        .unwrap_or_else(|_| "postgresql://app:app@127.0.0.1:5432/app".to_owned());
+        .unwrap_or_else(|_| dualcaster_tools::local::LOCAL_DATABASE_URL.to_owned());
     std::fs::create_dir_all(".local/bench")?;
     if !history.is_file() {
         return Err(anyhow!(

@@ -181,8 +181,7 @@ pub async fn bench_event_source(template_path: &Path, messages: usize, port: u16
     env.extend(provisioned.env.clone());
     env.insert(
         "DATABASE_URL".into(),
-        std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgresql://app:app@127.0.0.1:5432/app".into()),
+        dualcaster_tools::local::database_url(),
     );
     env.insert("DD_METRICS_DISABLED".into(), "1".into());
     env.insert(

@@ -74,8 +74,7 @@ pub async fn bench_load(template_path: &Path, messages: usize, rate: usize) -> R
     let run = format!("load-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let provisioned =
         template::provision(&sqs, &dynamodb, &template, &run, &BTreeMap::new()).await?;
-    let database_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgresql://app:app@127.0.0.1:5432/app".into());
+    let database_url = dualcaster_tools::local::database_url();
     let pool = sqlx::PgPool::connect(&database_url).await?;
     let mut env = local_aws_defaults();
     env.extend(provisioned.env.clone());

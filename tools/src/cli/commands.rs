@@ -138,7 +138,7 @@ pub async fn status(window: &str, watch: Option<u64>) -> Result<()> {
 
     let window = parse_window(window)?;
     let settings = Settings::from_env()?;
-    let db = sqlx::PgPool::connect(&crate::stack::database_url()?)
+    let db = sqlx::PgPool::connect(&dualcaster_tools::local::database_url())
         .await
         .context("connecting to DATABASE_URL")?;
     let sqs = local_sqs().await;

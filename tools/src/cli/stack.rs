@@ -25,10 +25,6 @@ pub fn parse_kwargs(text: &str) -> Result<Map<String, Value>> {
     }
 }
 
-pub fn database_url() -> Result<String> {
-    std::env::var("DATABASE_URL").map_err(|_| anyhow!("missing environment variable DATABASE_URL"))
-}
-
 pub async fn migrate(database_url: &str) -> Result<()> {
     let pool = sqlx::PgPool::connect(database_url)
         .await
@@ -62,8 +58,7 @@ pub async fn provision_stack(stack: &str, template: &Path) -> Result<BTreeMap<St
     env.extend(provisioned.env);
     env.insert(
         "DATABASE_URL".into(),
-        std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgresql://app:app@127.0.0.1:5432/app".into()),
+        dualcaster_tools::local::database_url(),
     );
     Ok(env)
 }

@@ -37,6 +37,15 @@ pub fn parse_env(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The local stack's database (`scripts/stack.sh up` creates the role and the database).
+pub const LOCAL_DATABASE_URL: &str = "postgresql://app:app@127.0.0.1:5432/app";
+
+/// `DATABASE_URL`, or the local stack's database when it is unset: every local command and benchmark works
+/// as the first command after `make setup`, with or without a `.local/stack.env`.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| LOCAL_DATABASE_URL.to_owned())
+}
+
 /// The AWS settings for the local stack, unless the environment already has its own: LocalStack on
 /// 127.0.0.1:4566 with the test credentials it accepts.
 pub fn local_aws_defaults() -> BTreeMap<String, String> {
