@@ -1,7 +1,7 @@
 //! The registry: every task's name, queue, retry policy and entry point, in one place.
 //!
-//! A task is a type implementing [`Task`] in its own file under `tasks/`; one line in `tasks/mod.rs`
-//! registers it. Routing (which queue a task goes to) comes from here, for the functions, the CLI and the
+//! A task is a type implementing [`Task`] in its own file under `tasks/`; its `pub mod` line and its line in
+//! the `tasks!` list of `tasks/mod.rs` register it (docs/writing-a-task.md). Routing (which queue a task goes to) comes from here, for the functions, the CLI and the
 //! SAM template alike.
 
 use std::collections::BTreeMap;

@@ -331,3 +331,106 @@ fn every_make_target_the_docs_name_exists_and_is_checked_as_a_first_command() {
         "the script checks targets the Makefile does not have: {unknown:?}"
     );
 }
+
+/// A Rust block of the docs whose first line is `// <path>.rs` is an excerpt of that file: its other lines must
+/// appear in the file as they are, one after another (docs/writing-a-task.md quotes its example task and
+/// test this way, so the guide's code is code that compiles and runs).
+#[test]
+fn every_excerpt_in_the_docs_is_in_its_file() {
+    let mut excerpts = 0;
+    let mut stale = Vec::new();
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).expect("page");
+        let mut block: Option<Vec<&str>> = None;
+        for line in text.lines() {
+            match (&mut block, line.trim_start().starts_with("```")) {
+                (None, true) if line.trim_start() == "```rust" => block = Some(Vec::new()),
+                (Some(lines), true) => {
+                    if let Some(path) = lines
+                        .first()
+                        .and_then(|first| first.strip_prefix("// "))
+                        .filter(|p| p.ends_with(".rs") && !p.contains(' '))
+                    {
+                        excerpts += 1;
+                        let body = lines[1..].join("\n");
+                        let source = std::fs::read_to_string(repo().join(path)).unwrap_or_default();
+                        if body.trim().is_empty() || !source.contains(&body) {
+                            stale.push(format!(
+                                "{}: the excerpt of {path} starting {:?}",
+                                page.display(),
+                                lines.get(1).copied().unwrap_or_default()
+                            ));
+                        }
+                    }
+                    block = None;
+                }
+                (Some(lines), false) => lines.push(line),
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        excerpts >= 8,
+        "the writing-a-task guide's excerpts are found ({excerpts})"
+    );
+    assert!(
+        stale.is_empty(),
+        "excerpts that are no longer in their files (copy them again):\n{}",
+        stale.join("\n")
+    );
+}
+
+/// Source comments point readers at docs pages (`see docs/operating.md#schedules`): each named page exists,
+/// and so does the heading a fragment names.
+#[test]
+fn every_docs_page_the_sources_name_exists() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "target") {
+                    walk(&path, out);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut sources = Vec::new();
+    for dir in ["shared", "tools", "functions", "tests", "bench"] {
+        walk(&repo().join(dir), &mut sources);
+    }
+    let mut named = 0;
+    let mut dead = Vec::new();
+    for source in sources {
+        let text = std::fs::read_to_string(&source).expect("source");
+        for (at, _) in text.match_indices("docs/") {
+            let rest = &text[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || "/._-#".contains(c)))
+                .unwrap_or(rest.len());
+            let reference = rest[..end].trim_end_matches('.');
+            let (page, fragment) = reference.split_once('#').unwrap_or((reference, ""));
+            if !page.ends_with(".md") {
+                continue;
+            }
+            named += 1;
+            let Ok(target) = std::fs::read_to_string(repo().join(page)) else {
+                dead.push(format!("{}: {reference} (no such page)", source.display()));
+                continue;
+            };
+            if !fragment.is_empty() && !anchors(&target).contains(fragment) {
+                dead.push(format!(
+                    "{}: {reference} (no such heading)",
+                    source.display()
+                ));
+            }
+        }
+    }
+    assert!(named >= 10, "the sources' references are found ({named})");
+    assert!(
+        dead.is_empty(),
+        "sources point at docs that are not there:\n{}",
+        dead.join("\n")
+    );
+}

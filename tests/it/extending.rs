@@ -1,4 +1,4 @@
-//! "A task is one file and one line", from the outside: a task defined only in this file, added to the task
+//! A task from the outside: a task defined only in this file, added to the task
 //! list with one line, is validated, routed, run from its queue and recorded like the built-in ones, and its
 //! bad arguments are dead-lettered with their reason.
 

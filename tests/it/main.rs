@@ -18,6 +18,7 @@ mod metrics_reference;
 mod mtgjson;
 mod observability;
 mod operations;
+mod prune_task_runs;
 mod secrets;
 mod source_tree;
 

@@ -18,6 +18,7 @@ pub mod leases;
 pub mod noop;
 pub mod ping;
 pub mod prune_price_history;
+pub mod prune_task_runs;
 
 macro_rules! tasks {
     ($($module:ident :: $task:ident),* $(,)?) => {
@@ -41,6 +42,7 @@ tasks! {
     detect_price_signals::DetectPriceSignals,
     generate_recommendations::GenerateRecommendations,
     prune_price_history::PrunePriceHistory,
+    prune_task_runs::PruneTaskRuns,
 }
 
 /// Every task of this build: the registry each function runs.
