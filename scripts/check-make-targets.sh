@@ -46,6 +46,9 @@ not_run=(
 failures=()
 env_file=.local/stack.env
 kept=$(mktemp)
+mcp_initialize=$(mktemp)
+echo '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"check-make-targets","version":"1"}}}' >"$mcp_initialize"
+
 had_env=0
 if [[ -f $env_file ]]; then
     cp "$env_file" "$kept"
@@ -55,7 +58,7 @@ restore() {
     if ((had_env)); then
         mkdir -p .local && cp "$kept" "$env_file"
     fi
-    rm -f "$kept"
+    rm -f "$kept" "$mcp_initialize"
 }
 trap restore EXIT
 
@@ -67,14 +70,25 @@ for entry in "${cheap[@]}"; do
     eval "words=($entry)"
     rm -f "$env_file"
     log=$(mktemp)
-    if make -s "${words[@]}" </dev/null >"$log" 2>&1; then
-        echo "[make-targets] ok       make $entry"
+    input=/dev/null
+    if [[ ${words[0]} == mcp ]]; then
+        # The MCP server answers a client's first request; stdout must carry nothing but the protocol.
+        input=$mcp_initialize
+    fi
+    if make -s "${words[@]}" <"$input" >"$log" 2>"$log.err"; then
+        if [[ ${words[0]} == mcp ]] && ! head -n 1 "$log" | grep -q '^{"jsonrpc":"2.0","id":1,"result":{.*"serverInfo"'; then
+            echo "[make-targets] FAILED   make $entry: stdout is not the MCP initialize response" >&2
+            sed 's/^/    /' "$log" "$log.err" >&2
+            failures+=("make $entry")
+        else
+            echo "[make-targets] ok       make $entry"
+        fi
     else
         echo "[make-targets] FAILED   make $entry" >&2
-        sed 's/^/    /' "$log" >&2
+        sed 's/^/    /' "$log" "$log.err" >&2
         failures+=("make $entry")
     fi
-    rm -f "$log"
+    rm -f "$log" "$log.err"
 done
 
 # `make template` on a clean tree must leave nothing to commit.
