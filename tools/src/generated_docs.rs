@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 
 use dualcaster::registry::Registry;
 
+use crate::marked_block;
+
 /// A generated block of a docs page: its name in the markers and what generates it.
 struct DocBlock {
     name: &'static str,
@@ -45,22 +47,6 @@ fn end(name: &str) -> String {
     format!("<!-- END GENERATED: {name} -->")
 }
 
-/// The byte range of a block's generated lines (after its begin marker's line, up to its end marker).
-fn bounds(page: &str, block: &DocBlock) -> Result<(usize, usize), DocsDriftError> {
-    let (b, e) = (begin(block.name), end(block.name));
-    let start = page
-        .find(&b)
-        .ok_or_else(|| DocsDriftError::MissingMarker(b.clone()))?;
-    let body = page[start..]
-        .find('\n')
-        .map_or(page.len(), |i| start + i + 1);
-    let stop = page[body..]
-        .find(&e)
-        .map(|i| body + i)
-        .ok_or(DocsDriftError::MissingMarker(e))?;
-    Ok((body, stop))
-}
-
 /// A table cell: a `|` would end the cell, a line break the row.
 fn cell(text: &str) -> String {
     text.split_whitespace()
@@ -92,13 +78,13 @@ pub fn schedules_table(registry: &Registry) -> String {
 pub fn sync_operating(page: &str, registry: &Registry) -> Result<String, DocsDriftError> {
     let mut text = page.to_owned();
     for block in OPERATING {
-        let (body, stop) = bounds(&text, block)?;
-        text = format!(
-            "{}{}{}",
-            &text[..body],
-            (block.generate)(registry),
-            &text[stop..]
-        );
+        text = marked_block::rewrite(
+            &text,
+            &begin(block.name),
+            &end(block.name),
+            &(block.generate)(registry),
+        )
+        .map_err(DocsDriftError::MissingMarker)?;
     }
     Ok(text)
 }
@@ -106,23 +92,18 @@ pub fn sync_operating(page: &str, registry: &Registry) -> Result<String, DocsDri
 /// Fails when a generated block of docs/operating.md is not exactly what the registry generates.
 pub fn check_operating(page: &str, registry: &Registry) -> Result<(), DocsDriftError> {
     for block in OPERATING {
-        let (body, stop) = bounds(page, block)?;
+        let (body, stop) = marked_block::bounds(page, &begin(block.name), &end(block.name))
+            .map_err(DocsDriftError::MissingMarker)?;
         let expected = (block.generate)(registry);
-        let mut found = page[body..stop].lines();
-        let mut wanted = expected.lines();
-        for line in 1.. {
-            match (found.next(), wanted.next()) {
-                (None, None) => break,
-                (Some(a), Some(b)) if a == b => continue,
-                (a, b) => {
-                    return Err(DocsDriftError::Drift {
-                        block: block.name,
-                        line,
-                        found: a.unwrap_or("(end of block)").to_owned(),
-                        expected: b.unwrap_or("(end of block)").to_owned(),
-                    })
-                }
-            }
+        if let Some((line, found, expected)) =
+            marked_block::first_difference(&page[body..stop], &expected)
+        {
+            return Err(DocsDriftError::Drift {
+                block: block.name,
+                line,
+                found,
+                expected,
+            });
         }
     }
     Ok(())

@@ -7,5 +7,6 @@ pub mod cfn;
 pub mod generated_docs;
 pub mod infra;
 pub mod local;
+pub mod marked_block;
 pub mod status;
 pub mod template;

@@ -178,32 +178,21 @@ pub enum DriftError {
 }
 
 fn block_bounds(template: &str, block: &Block) -> Result<(usize, usize), DriftError> {
-    let (begin_marker, end_marker) = (block.begin(), block.end());
-    let begin = template
-        .find(&begin_marker)
-        .ok_or_else(|| DriftError::MissingMarker(begin_marker.trim().to_owned()))?;
-    let body = template[begin..]
-        .find('\n')
-        .map(|i| begin + i + 1)
-        .unwrap_or(template.len());
-    let end = template[body..]
-        .find(&end_marker)
-        .map(|i| body + i)
-        .ok_or_else(|| DriftError::MissingMarker(end_marker.trim().to_owned()))?;
-    Ok((body, end))
+    crate::marked_block::bounds(template, &block.begin(), &block.end())
+        .map_err(DriftError::MissingMarker)
 }
 
 /// The template with its generated blocks rewritten from the registry.
 pub fn sync(template: &str, registry: &Registry) -> Result<String, DriftError> {
     let mut text = template.to_owned();
     for block in BLOCKS {
-        let (body, end) = block_bounds(&text, block)?;
-        text = format!(
-            "{}{}{}",
-            &text[..body],
-            (block.generate)(registry),
-            &text[end..]
-        );
+        text = crate::marked_block::rewrite(
+            &text,
+            &block.begin(),
+            &block.end(),
+            &(block.generate)(registry),
+        )
+        .map_err(DriftError::MissingMarker)?;
     }
     Ok(text)
 }
@@ -218,27 +207,15 @@ pub fn check_drift(template: &str, registry: &Registry) -> Result<(), DriftError
 
 fn check_block(template: &str, registry: &Registry, block: &Block) -> Result<(), DriftError> {
     let (body, end) = block_bounds(template, block)?;
-    let found = &template[body..end];
-    let expected = (block.generate)(registry);
-    if found == expected {
-        return Ok(());
+    match crate::marked_block::first_difference(&template[body..end], &(block.generate)(registry)) {
+        None => Ok(()),
+        Some((line, found, expected)) => Err(DriftError::Drift {
+            block: block.name,
+            line,
+            found,
+            expected,
+        }),
     }
-    let mut f = found.lines();
-    let mut e = expected.lines();
-    for line in 1.. {
-        match (f.next(), e.next()) {
-            (Some(a), Some(b)) if a == b => continue,
-            (a, b) => {
-                return Err(DriftError::Drift {
-                    block: block.name,
-                    line,
-                    found: a.unwrap_or("(end of block)").to_owned(),
-                    expected: b.unwrap_or("(end of block)").to_owned(),
-                })
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The template without its functions, as plain CloudFormation: what a deploy rehearsal can create where
