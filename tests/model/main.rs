@@ -6,6 +6,7 @@ mod batch;
 mod binary_copy;
 mod cron;
 mod dlq;
+mod incremental_metrics;
 mod ingestion;
 mod mtgjson;
 mod price_series;

@@ -40,14 +40,62 @@ pub struct Metrics {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
 
-/// The metrics of a series whose latest point is on `latest_day`, from its points of the window (`days`
-/// ascending, one price each). `None` when the window does not end on `latest_day` (nothing to compute).
-pub fn compute(
+/// A series' points of the [`WINDOW_DAYS`] days that end on its latest day, oldest first: what every metric is
+/// computed from, whichever way the points were gathered (read from `price_points`, or a stored window with
+/// the new points laid over it). Points outside it are left out when it is made, so that no metric, the
+/// returns' "previous point" included, can see one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
     latest_day: NaiveDate,
-    days: &[NaiveDate],
-    prices: &[Decimal],
-) -> Result<Option<Metrics>, Overflow> {
-    if days.len() != prices.len() || days.last() != Some(&latest_day) {
+    days: Vec<NaiveDate>,
+    prices: Vec<Decimal>,
+}
+
+impl Window {
+    /// The points of `days`/`prices` (one price per day, in any order) that lie in the window ending on
+    /// `latest_day`.
+    pub fn ending(latest_day: NaiveDate, days: Vec<NaiveDate>, prices: Vec<Decimal>) -> Window {
+        let in_window =
+            |day: &NaiveDate| (0..WINDOW_DAYS).contains(&(latest_day - *day).num_days());
+        let (days, prices): (Vec<NaiveDate>, Vec<Decimal>) = if days.is_sorted() {
+            days.into_iter()
+                .zip(prices)
+                .filter(|(day, _)| in_window(day))
+                .unzip()
+        } else {
+            let mut points: Vec<_> = days
+                .into_iter()
+                .zip(prices)
+                .filter(|(day, _)| in_window(day))
+                .collect();
+            points.sort_by_key(|&(day, _)| day);
+            points.into_iter().unzip()
+        };
+        Window {
+            latest_day,
+            days,
+            prices,
+        }
+    }
+
+    pub fn latest_day(&self) -> NaiveDate {
+        self.latest_day
+    }
+
+    pub fn days(&self) -> &[NaiveDate] {
+        &self.days
+    }
+
+    pub fn prices(&self) -> &[Decimal] {
+        &self.prices
+    }
+}
+
+/// The metrics of a series from its window. `None` when the window holds no point on its latest day (nothing
+/// to compute).
+pub fn compute(window: &Window) -> Result<Option<Metrics>, Overflow> {
+    let (latest_day, days, prices) = (window.latest_day, &window.days[..], &window.prices[..]);
+    if days.last() != Some(&latest_day) {
         return Ok(None);
     }
     let latest_price = prices[prices.len() - 1];
@@ -61,9 +109,6 @@ pub fn compute(
     let mut returns = StddevSamp::default();
     for (i, (&day, &price)) in days.iter().zip(prices).enumerate() {
         let age = (latest_day - day).num_days();
-        if !(0..WINDOW_DAYS).contains(&age) {
-            continue;
-        }
         match age {
             1..=2 => ref_1d = Some(price),
             7..=14 => ref_7d = Some(price),
@@ -77,9 +122,16 @@ pub fn compute(
         if age < 30 {
             sum_30d = sum_30d.checked_add(price).ok_or(Overflow)?;
             n_30d += 1;
-            high = high.max(price);
-            low = low.min(price);
-            // The log return from the window's previous point (any age), as `lag` over the window gives it.
+            // Of equal prices the most recent one's text is shown (`9.0` after `9.00` shows `9.0`); the days
+            // ascend, so `>=` and `<=` keep the last of equal ones. (`Decimal::max` keeps the first.)
+            if price >= high {
+                high = price;
+            }
+            if price <= low {
+                low = price;
+            }
+            // The log return from the window's previous point (of any age in the window), as `lag` over the
+            // window gives it.
             if let Some(&previous) = i.checked_sub(1).and_then(|j| prices.get(j)) {
                 if previous > Decimal::ZERO && price > Decimal::ZERO {
                     returns.add((to_f64(price) / to_f64(previous)).ln());
@@ -87,7 +139,9 @@ pub fn compute(
             }
         }
         if (1..=30).contains(&age) {
-            prior_high = Some(prior_high.map_or(price, |h: Decimal| h.max(price)));
+            if prior_high.is_none_or(|h| price >= h) {
+                prior_high = Some(price);
+            }
             prior_n += 1;
         }
     }
@@ -96,7 +150,10 @@ pub fn compute(
             let Some(reference) = reference else {
                 return Ok((None, None));
             };
-            let change = latest_price.checked_sub(reference).ok_or(Overflow)?;
+            let mut change = latest_price.checked_sub(reference).ok_or(Overflow)?;
+            // `numeric` subtraction carries the larger of the two scales (`0.1 - 0.00` is `0.10`); `Decimal`
+            // returns an operand unchanged when the other is zero.
+            change.rescale(latest_price.scale().max(reference.scale()));
             let pct = if reference.is_zero() {
                 None
             } else {
@@ -216,7 +273,9 @@ mod tests {
             .collect();
         let points: Vec<(i64, &str)> = (0..=60).map(|i| (i, prices[i as usize].as_str())).collect();
         let (days, prices) = series(&points);
-        let m = compute(day(60), &days, &prices).unwrap().unwrap();
+        let m = compute(&Window::ending(day(60), days, prices))
+            .unwrap()
+            .unwrap();
         assert_eq!(m.latest_price, d("1.60"));
         assert_eq!(m.change_1d, Some(d("0.01")));
         assert_eq!(m.change_1d_pct.unwrap().to_string(), "0.63"); // 0.01 / 1.59 = 0.6289...%
@@ -247,7 +306,9 @@ mod tests {
             (28, "14"),
             (35, "20"),
         ]);
-        let m = compute(day(35), &days, &prices).unwrap().unwrap();
+        let m = compute(&Window::ending(day(35), days, prices))
+            .unwrap()
+            .unwrap();
         assert_eq!((m.change_1d, m.change_1d_pct), (None, None));
         assert_eq!(m.change_7d, Some(d("6")));
         assert_eq!(m.change_7d_pct.unwrap().to_string(), "42.86"); // 6 / 14
@@ -282,20 +343,59 @@ mod tests {
     fn a_zero_reference_has_a_change_but_no_percentage_and_zero_prices_have_no_return() {
         // The 1-day reference is the latest of ages 1..=2: day 1 (0.50), not day 0.
         let (days, prices) = series(&[(0, "0.25"), (1, "0.50"), (2, "0.75")]);
-        let m = compute(day(2), &days, &prices).unwrap().unwrap();
+        let m = compute(&Window::ending(day(2), days, prices))
+            .unwrap()
+            .unwrap();
         assert_eq!(m.change_1d, Some(d("0.25")));
         assert_eq!(m.change_1d_pct.unwrap().to_string(), "50.00");
         let (days, prices) = series(&[(0, "0.50"), (1, "0.00"), (2, "0.75")]);
-        let m = compute(day(2), &days, &prices).unwrap().unwrap();
+        let m = compute(&Window::ending(day(2), days, prices))
+            .unwrap()
+            .unwrap();
         assert_eq!((m.change_1d, m.change_1d_pct), (Some(d("0.75")), None));
         // 0.50 -> 0.00 and 0.00 -> 0.75 have no log return: one return is not enough for a deviation.
         assert_eq!(m.volatility_30d, None);
     }
 
     #[test]
+    fn a_change_carries_the_larger_scale_of_its_two_prices() {
+        let (days, prices) = series(&[(0, "0.00"), (7, "0.1")]);
+        let m = compute(&Window::ending(day(7), days, prices))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.change_7d.unwrap().to_string(), "0.10");
+        let (days, prices) = series(&[(0, "2.5"), (7, "0.00")]);
+        let m = compute(&Window::ending(day(7), days, prices))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.change_7d.unwrap().to_string(), "-2.50");
+    }
+
+    #[test]
+    fn of_equal_prices_the_high_and_low_show_the_most_recent_text() {
+        let (days, prices) = series(&[(0, "9.00"), (1, "9.0"), (2, "1.00"), (3, "1.0"), (4, "5")]);
+        let m = compute(&Window::ending(day(4), days, prices))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.high_30d.to_string(), "9.0");
+        assert_eq!(m.low_30d.to_string(), "1.0");
+        assert_eq!(m.prior_high_30d.unwrap().to_string(), "9.0");
+        let (days, prices) = series(&[(0, "9.0"), (1, "9.00")]);
+        let m = compute(&Window::ending(day(1), days, prices))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (m.high_30d.to_string(), m.low_30d.to_string()),
+            ("9.00".into(), "9.00".into())
+        );
+    }
+
+    #[test]
     fn one_point_has_its_price_and_no_changes() {
         let (days, prices) = series(&[(5, "3.25")]);
-        let m = compute(day(5), &days, &prices).unwrap().unwrap();
+        let m = compute(&Window::ending(day(5), days, prices))
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (m.latest_price, m.high_30d, m.low_30d),
             (d("3.25"), d("3.25"), d("3.25"))
@@ -312,10 +412,30 @@ mod tests {
     }
 
     #[test]
+    fn a_point_outside_the_window_is_no_previous_point_for_a_return() {
+        // Day 0 is 63 days before the latest day: the window holds days 56 and 63, one return (a flat one), so
+        // there is no deviation; counting the return from day 0 would give two returns and a deviation.
+        let (days, prices) = series(&[(0, "0.88"), (56, "1.00"), (63, "1.00")]);
+        let window = Window::ending(day(63), days, prices);
+        assert_eq!(window.days(), &[day(56), day(63)]);
+        let m = compute(&window).unwrap().unwrap();
+        assert_eq!(m.volatility_30d, None);
+        assert_eq!((m.points_30d, m.change_7d), (2, Some(d("0.00"))));
+    }
+
+    #[test]
+    fn a_window_is_sorted_and_trimmed_to_its_days() {
+        let (days, prices) = series(&[(70, "3"), (5, "1"), (10, "2"), (9, "9")]);
+        let window = Window::ending(day(70), days, prices);
+        assert_eq!(window.days(), &[day(10), day(70)]);
+        assert_eq!(window.prices(), &[d("2"), d("3")]);
+    }
+
+    #[test]
     fn a_window_that_does_not_end_on_the_latest_day_computes_nothing() {
         let (days, prices) = series(&[(0, "1"), (1, "2")]);
-        assert_eq!(compute(day(2), &days, &prices), Ok(None));
-        assert_eq!(compute(day(2), &[], &[]), Ok(None));
+        assert_eq!(compute(&Window::ending(day(2), days, prices)), Ok(None));
+        assert_eq!(compute(&Window::ending(day(2), vec![], vec![])), Ok(None));
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
-use rust_decimal::Decimal;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -24,7 +23,7 @@ use crate::pg_copy::BinaryRows;
 use crate::pg_numeric::PgDecimal;
 use crate::pg_tid::PgTid;
 
-use super::window;
+use super::{window, Window};
 
 /// From `latest` (the series to compute, with their latest day and the base of their point count), each
 /// series' key and its window: the window stored with its metrics row as of `base_day` (`stored_window`, see
@@ -123,6 +122,7 @@ struct SeriesWindow {
     finish: String,
     currency: String,
     latest_day: NaiveDate,
+    /// The series' point count up to `base_day`: the points after it are counted from its window.
     base_day: NaiveDate,
     base_points: i64,
     /// Where the series' metrics row is in the run's snapshot; `None` when it has no row yet.
@@ -150,7 +150,9 @@ impl Chunk {
                 w.scryfall_id, w.source, w.price_type, w.finish, w.currency
             )
         };
-        let (days, prices) = match w.stored_window.take() {
+        // One window, however its points were gathered: the stored one with the new points laid over it, or
+        // the points read; either way it ends on the series' latest day and holds only that window's points.
+        let window = match w.stored_window.take() {
             Some(stored) => {
                 let (mut days, mut prices) =
                     window::decode(w.base_day, &stored).map_err(|window::Corrupt(why)| {
@@ -169,26 +171,19 @@ impl Chunk {
                     .into_iter()
                     .zip(new_prices.into_iter().map(|p| p.0));
                 window::lay_over(&mut days, &mut prices, new_points);
-                (days, prices)
+                Window::ending(w.latest_day, days, prices)
             }
             None => {
-                let mut days = w.days.take().unwrap_or_default();
-                let mut prices: Vec<Decimal> = w
-                    .prices
-                    .take()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|p| p.0)
-                    .collect();
-                if !days.is_sorted() {
-                    let mut points: Vec<_> = days.into_iter().zip(prices).collect();
-                    points.sort_by_key(|&(day, _)| day);
-                    (days, prices) = points.into_iter().unzip();
-                }
-                (days, prices)
+                let days = w.days.take().unwrap_or_default();
+                let prices = w.prices.take().unwrap_or_default();
+                Window::ending(
+                    w.latest_day,
+                    days,
+                    prices.into_iter().map(|p| p.0).collect(),
+                )
             }
         };
-        let metrics = super::compute(w.latest_day, &days, &prices).map_err(|_| {
+        let metrics = super::compute(&window).map_err(|_| {
             TaskError::permanent(
                 "metrics_overflow",
                 format!("series {}: a metric is out of decimal range", key()),
@@ -197,7 +192,12 @@ impl Chunk {
         let Some(m) = metrics else {
             return Ok(false);
         };
-        let after_base = days.iter().filter(|&&day| day > w.base_day).count() as i64;
+        // `latest` hands over a window from a stored one only when every new point lies in it.
+        let after_base = window
+            .days()
+            .iter()
+            .filter(|&&day| day > w.base_day)
+            .count() as i64;
         let points = i32::try_from(w.base_points + after_base).map_err(|_| {
             TaskError::permanent(
                 "metrics_overflow",
@@ -232,7 +232,7 @@ impl Chunk {
             .field(points)
             .optional(m.prior_high_30d)
             .field(m.prior_points_30d)
-            .field(window::encode(m.latest_day, &days, &prices).as_slice());
+            .field(window::encode(&window).as_slice());
         if let Some(tid) = w.row_tid {
             out.field(tid);
         }

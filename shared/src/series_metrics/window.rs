@@ -9,7 +9,7 @@
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 
-use super::WINDOW_DAYS;
+use super::{Window, WINDOW_DAYS};
 
 /// The first byte of every encoded window; another value is refused (a window written by a later format).
 pub const FORMAT: u8 = 1;
@@ -18,15 +18,12 @@ pub const FORMAT: u8 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Corrupt(pub &'static str);
 
-/// Encodes the points of `days`/`prices` (ascending days) that lie in the window ending on `latest_day`.
-pub fn encode(latest_day: NaiveDate, days: &[NaiveDate], prices: &[Decimal]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + days.len() * 4);
+/// Encodes a window, to be stored with the metrics of its latest day.
+pub fn encode(window: &Window) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + window.days().len() * 4);
     out.push(FORMAT);
-    for (&day, price) in days.iter().zip(prices) {
-        let age = (latest_day - day).num_days();
-        if !(0..WINDOW_DAYS).contains(&age) {
-            continue;
-        }
+    for (&day, price) in window.days().iter().zip(window.prices()) {
+        let age = (window.latest_day() - day).num_days();
         out.push(age as u8);
         out.push(price.scale() as u8);
         let mantissa = price.mantissa();
@@ -127,12 +124,12 @@ mod tests {
         // 2026-01-08 is 61 days back: outside. 2026-03-03: age 7, scale 0, -1 zigzags to 1.
         // 2026-03-10: age 0, scale 2, mantissa 0.
         assert_eq!(
-            encode(latest, &days, &prices),
+            encode(&Window::ending(latest, days.to_vec(), prices.to_vec())),
             vec![FORMAT, 7, 0, 1, 0, 2, 0]
         );
         // 12.34 on the latest day: scale 2, 1234 zigzags to 2468 = 0b10011_0100100: 0xa4, 0x13.
         assert_eq!(
-            encode(latest, &[latest], &[d("12.34")]),
+            encode(&Window::ending(latest, vec![latest], vec![d("12.34")])),
             vec![FORMAT, 0, 2, 0xa4, 0x13]
         );
     }
@@ -163,7 +160,7 @@ mod tests {
         let days: Vec<NaiveDate> = (0..prices.len() as i64)
             .map(|i| latest - chrono::Duration::days(10 - i))
             .collect();
-        let encoded = encode(latest, &days, &prices);
+        let encoded = encode(&Window::ending(latest, days.clone(), prices.to_vec()));
         let (back_days, back_prices) = decode(latest, &encoded).unwrap();
         assert_eq!(back_days, days);
         for (a, b) in back_prices.iter().zip(&prices) {

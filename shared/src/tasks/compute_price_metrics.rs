@@ -55,26 +55,25 @@ impl TaskReport for PriceMetricsReport {
 
 /// Every series with its latest day and point count, for a full run, from `price_series` (kept exact by the
 /// points' own statements, see its migration): grouping 36.5 million points by series took a third of a full
-/// run's read. `latest` gives each series to compute its latest day, its point count as the base (no point lies
-/// after `base_day`, see `series_metrics::store`) and whether it has a metrics row.
+/// run's read. `latest` gives each series to compute its latest day, its point count and its metrics row's
+/// place when it has one (see `series_metrics::store`); a full run reads every window from the points.
 const FULL: &str = r#"
 WITH latest AS (
-    SELECT s.scryfall_id, s.source, s.price_type, s.finish, s.currency, s.latest_day,
-        s.latest_day AS base_day, s.points AS base_points, m.ctid AS row_tid,
+    SELECT s.scryfall_id, s.source, s.price_type, s.finish, s.currency, s.latest_day, s.points,
+        m.ctid AS row_tid, NULL::date AS row_day,
         NULL::bytea AS stored_window, NULL::date[] AS new_days, NULL::numeric[] AS new_prices
     FROM price_series s
     LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
                                = (s.scryfall_id, s.source, s.price_type, s.finish, s.currency)
 )"#;
 
-/// The latest day and point count of the series with points recorded after `$1`. A series that only received
-/// its previous latest day again (a new price) or days after it (the daily case) keeps its previous count as
-/// the base, and the points after its previous latest day are counted in its window, which holds them all when
-/// they lie within 60 days of it; its latest day is the newest of them. Such a series with a stored window
-/// also has its window from that and its new points (gathered in the one pass over the new points: all of them
-/// lie in that window), and none of its points are read. Any other series takes its count and latest day from
-/// `price_series` and has its window read from the points. (A latest point is never deleted: pruning keeps
-/// each week's last point.)
+/// The series to recompute: those with points recorded after `$1` (new days, late or corrected old days), and
+/// those whose stored window a change other than new points dropped (a deletion, a prune, a move: the
+/// triggers of `price_points`, see the migration `price_metrics_follow_every_change`). Every one takes its
+/// latest day and point count from `price_series`. A series whose new points all lie on or after its metrics
+/// row's latest day (the daily case), and whose row keeps its window, has its window from that stored one with
+/// the new points laid over it (gathered in the one pass over the new points), and none of its points are
+/// read; any other series has its window read from the points.
 ///
 /// The new points are grouped by series first and then joined to their metrics rows, which the reader plans
 /// without hash joins ([`crate::series_metrics::store`]): sorted by series, the groups meet the metrics rows
@@ -83,36 +82,41 @@ WITH latest AS (
 /// first came after 160-210 ms rather than 40-75 ms, and the whole read took longer (`psql`, three runs each).
 const INCREMENTAL: &str = r#"
 WITH grouped AS (
-    SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency,
-        min(p.day) AS first_new_day, max(p.day) AS last_new_day,
+    SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency, min(p.day) AS first_new_day,
         array_agg(p.day) AS new_days, array_agg(p.price) AS new_prices
     FROM price_points p
     WHERE p.recorded_at > $1
     GROUP BY p.scryfall_id, p.source, p.price_type, p.finish, p.currency
 ),
 touched AS (
-    SELECT g.*, m.ctid AS row_tid, m.latest_day AS row_day, m.points AS row_points, m.window_points
+    SELECT g.scryfall_id, g.source, g.price_type, g.finish, g.currency, g.first_new_day, g.new_days,
+        g.new_prices, m.ctid AS row_tid, m.latest_day AS row_day, m.window_points
     FROM grouped g
     LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
                                = (g.scryfall_id, g.source, g.price_type, g.finish, g.currency)
+    UNION ALL
+    SELECT m.scryfall_id, m.source, m.price_type, m.finish, m.currency, NULL::date, NULL::date[],
+        NULL::numeric[], m.ctid, m.latest_day, NULL::bytea
+    FROM price_metrics m
+    WHERE m.window_points IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM price_points p
+          WHERE (p.scryfall_id, p.source, p.price_type, p.finish, p.currency)
+              = (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
+            AND p.recorded_at > $1)
 ),
 latest AS MATERIALIZED (
-    SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency, c.latest_day, c.base_day, c.base_points,
-        t.row_tid, c.stored_window,
-        CASE WHEN c.stored_window IS NOT NULL THEN t.new_days END AS new_days,
-        CASE WHEN c.stored_window IS NOT NULL THEN t.new_prices END AS new_prices
+    SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency, s.latest_day, s.points, t.row_tid,
+        t.row_day,
+        CASE WHEN d.daily THEN t.window_points END AS stored_window,
+        CASE WHEN d.daily THEN t.new_days END AS new_days,
+        CASE WHEN d.daily THEN t.new_prices END AS new_prices
     FROM touched t
+    JOIN price_series s ON (s.scryfall_id, s.source, s.price_type, s.finish, s.currency)
+                         = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
     CROSS JOIN LATERAL (
-        SELECT t.last_new_day AS latest_day, t.row_day AS base_day, t.row_points::bigint AS base_points,
-            t.window_points AS stored_window
-        WHERE t.first_new_day >= t.row_day AND t.last_new_day - t.row_day <= 60
-        UNION ALL
-        SELECT s.latest_day, s.latest_day, s.points, NULL::bytea
-        FROM price_series s
-        WHERE (s.scryfall_id, s.source, s.price_type, s.finish, s.currency)
-            = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
-          AND NOT coalesce(t.first_new_day >= t.row_day AND t.last_new_day - t.row_day <= 60, false)
-    ) c
+        SELECT coalesce(t.window_points IS NOT NULL AND t.first_new_day >= t.row_day, false) AS daily
+    ) d
 )"#;
 
 impl Task for ComputePriceMetrics {

@@ -4,7 +4,8 @@
 //!
 //! Only whole weeks (Monday to Sunday) that end before the window are touched, oldest first, a few weeks per
 //! transaction; a run that nears its deadline continues in a follow-up message from the next week. The window
-//! is at least 61 days, so the points the metrics read (each series' last 61 days) are never pruned.
+//! is at least 61 days, so a series with a recent point keeps every point its metrics read; one whose latest
+//! point is older loses points of its window, and the next metrics run recomputes it.
 
 use std::time::Duration;
 
@@ -96,31 +97,11 @@ macro_rules! doomed {
 /// How many points a prune of `[$1, $2)` deletes.
 const COUNT_DOOMED: &str = concat!("SELECT count(*) ", doomed!());
 
-/// Deletes the doomed points of `[$1, $2)` and, in the same statement, keeps the metrics rows of their series
-/// true to what is left: each row's all-time `points` loses the deleted points (an incremental run counts on
-/// from it), and a stored window that held a deleted day (`price_metrics.window_points`) is dropped, so that
-/// series' next run reads its window from the points. Returns how many points were deleted. (A metrics run
-/// computing the same series at that moment would write back what it read before: the schedules keep the
-/// nightly prune away from the analytics hours.)
-const DELETE_DOOMED: &str = concat!(
-    "WITH gone AS (DELETE ",
-    doomed!(),
-    "
-    RETURNING p.scryfall_id, p.source, p.price_type, p.finish, p.currency, p.day
-),
-per_series AS (
-    SELECT scryfall_id, source, price_type, finish, currency, count(*) AS deleted, max(day) AS last_day
-    FROM gone GROUP BY 1, 2, 3, 4, 5
-),
-kept AS (
-    UPDATE price_metrics m SET points = m.points - s.deleted,
-        window_points = CASE WHEN s.last_day > m.latest_day - 61 THEN NULL ELSE m.window_points END
-    FROM per_series s
-    WHERE (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
-        = (s.scryfall_id, s.source, s.price_type, s.finish, s.currency)
-)
-SELECT coalesce(sum(deleted), 0)::bigint FROM per_series"
-);
+/// Deletes the doomed points of `[$1, $2)`; returns how many were deleted. The deletion's own triggers keep the
+/// metrics rows of their series true to what is left (the migration `price_metrics_follow_every_change`): a
+/// series that lost a point of its window is recomputed from its points by the next metrics run, and one that
+/// lost only older points has them taken off its all-time `points`.
+const DELETE_DOOMED: &str = concat!("WITH gone AS (DELETE ", doomed!(), " RETURNING 1) SELECT count(*) FROM gone");
 
 /// The latest cutoff a prune may use on `today`: the Monday of the week in which the kept window starts, so
 /// every week it rolls up ended before the window.
