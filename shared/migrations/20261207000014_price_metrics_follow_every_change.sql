@@ -120,3 +120,23 @@ COMMENT ON COLUMN price_metrics.window_points IS
     'The series'' points of the 61 days ending on latest_day (shared/src/series_metrics/window.rs). NULL: the next '
     'metrics run recomputes the series from its points (a row written before the column, or a deletion, prune '
     'or move reached its window).';
+
+-- The columns' definitions, as docs/data.md ("The metrics") gives them; L is the latest day.
+COMMENT ON COLUMN price_metrics.change_1d IS
+    'latest_price less the latest price of days L-2..L-1 (7d: L-14..L-7, 30d: L-60..L-30), with the larger '
+    'places of the two; NULL without such a point.';
+COMMENT ON COLUMN price_metrics.change_1d_pct IS
+    'change_1d over its reference price, times 100, rounded half away from zero to 2 places; NULL when the '
+    'reference is missing or 0.';
+COMMENT ON COLUMN price_metrics.ma_7d IS 'Mean price of days L-6..L, rounded half away from zero to 4 places.';
+COMMENT ON COLUMN price_metrics.ma_30d IS 'Mean price of days L-29..L, rounded half away from zero to 4 places.';
+COMMENT ON COLUMN price_metrics.volatility_30d IS
+    'Sample standard deviation of the log returns ln(p/q) of the points p of days L-29..L, q the point before p '
+    'in the window (days L-60..L); returns with a 0 price left out; NULL below two returns.';
+COMMENT ON COLUMN price_metrics.high_30d IS
+    'Highest price of days L-29..L; of equal prices, the most recent one''s text.';
+COMMENT ON COLUMN price_metrics.low_30d IS
+    'Lowest price of days L-29..L; of equal prices, the most recent one''s text.';
+COMMENT ON COLUMN price_metrics.prior_high_30d IS
+    'Highest price of days L-30..L-1 (the most recent of equal ones); NULL without a point there.';
+COMMENT ON COLUMN price_metrics.points IS 'Every point the series has.';

@@ -270,9 +270,9 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
     let (_, differ) = differences(&stack).await;
     assert!(differ.is_empty(), "after the next day: {differ:#?}");
 
-    // A prune rolls the history up to one point a week (the fixture's days are years old). It takes the
-    // deleted points off each row's count and drops the stored windows that held a deleted day: every row that
-    // keeps its window still matches the reference, and the runs after it read what is left.
+    // A prune rolls the history up to one point a week (the fixture's days are years old). Its deletion takes
+    // the deleted points off each row's count and drops the stored windows that held a deleted day: every row
+    // that keeps its window still matches the reference, and the runs after it read what is left.
     let default = stack.function(Queue::Default, &[]).await.unwrap();
     let pruned = invoke(&default, "prune_price_history", json!({"keep_days": 61})).await;
     assert_eq!(pruned["status"], "succeeded", "{pruned}");
@@ -291,6 +291,13 @@ async fn every_metrics_row_matches_the_sql_definitions_after_full_and_incrementa
         differ.is_empty(),
         "rows that kept their window: {differ:#?}"
     );
+    // With no new point at all, the next run recomputes exactly the series whose window the prune reached,
+    // from the points that are left.
+    let after_prune = run(&analytics, json!({})).await;
+    assert_eq!(after_prune["status"], "succeeded", "{after_prune}");
+    assert_eq!(after_prune["detail"]["series"], dropped, "{after_prune}");
+    let (_, differ) = differences(&stack).await;
+    assert!(differ.is_empty(), "the run after the prune: {differ:#?}");
     for every in [1, 3] {
         next_day(&stack, every).await;
         let started = database_clock(&stack).await;

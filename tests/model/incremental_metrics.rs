@@ -92,11 +92,18 @@ fn price() -> impl Strategy<Value = Price> {
 #[derive(Debug, Clone)]
 enum Op {
     /// The next day (`step` days after the last one, at most [`LAST_DAY`]) for the series given a price.
-    NewDay { step: u8, prices: Vec<Option<Price>> },
+    NewDay {
+        step: u8,
+        prices: Vec<Option<Price>>,
+    },
     /// Late or corrected points `back` days before the last day, through ingestion's write.
     Backdated(Vec<(usize, u8, Price)>),
     /// An operator's `UPDATE ... SET price` of the point `back` days before the last day, if there is one.
-    Correct { series: usize, back: u8, price: Price },
+    Correct {
+        series: usize,
+        back: u8,
+        price: Price,
+    },
     /// An operator's `DELETE` of a series' points from `from` to `to` days before the last day.
     Delete { series: usize, from: u8, to: u8 },
     /// The real `prune_price_history` with `keep_days`.
@@ -387,7 +394,7 @@ fn reference(rig: &Rig, series: usize, days: &BTreeMap<u8, Price>) -> Row {
     };
     let change = |n: i64| -> (Option<String>, Option<String>) {
         // Against the latest point at least n and at most 2n days back.
-        let Some((_, reference)) = in_ages(n, 2 * n).last() else {
+        let Some((_, reference)) = in_ages(n, 2 * n).next_back() else {
             return (None, None);
         };
         let places = latest_price.places.max(reference.places);
@@ -479,7 +486,11 @@ async fn reset(rig: &Rig) {
     }
 }
 
-async fn check(rig: &Rig, history: Vec<(usize, u8, Price)>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn check(
+    rig: &Rig,
+    history: Vec<(usize, u8, Price)>,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
     reset(rig).await;
     let mut model = Model::new();
     let mut last = HISTORY_DAYS;
@@ -494,7 +505,9 @@ async fn check(rig: &Rig, history: Vec<(usize, u8, Price)>, ops: Vec<Op>) -> Res
         full: false,
         wide: true,
     };
-    let ops = std::iter::once(&initial).chain(&ops).chain(std::iter::once(&end));
+    let ops = std::iter::once(&initial)
+        .chain(&ops)
+        .chain(std::iter::once(&end));
     for (i, op) in ops.enumerate() {
         let compared = apply(rig, op, &mut model, &mut last)
             .await

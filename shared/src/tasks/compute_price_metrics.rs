@@ -2,10 +2,11 @@
 //! latest price and day, changes over 1, 7 and 30 days (absolute and percent), 7- and 30-day moving averages,
 //! 30-day volatility (standard deviation of log returns), 30-day high and low, and point counts.
 //!
-//! Over only the series that received points since the last run (incremental; `full` recomputes every series):
-//! Postgres selects the series and hands over each one's window: in the daily case the window stored with its
-//! metrics row ([`crate::series_metrics::window`]) and its new points, otherwise its last 61 days of points as
-//! two arrays. The metrics are computed here ([`crate::series_metrics`], exact decimal arithmetic) and copied
+//! Over only the series whose points changed since the last run (incremental; `full` recomputes every series):
+//! those with points recorded since, and those whose stored window a deletion or a move dropped (the triggers of
+//! the migration `price_metrics_follow_every_change`). Postgres selects the series and hands over each one's
+//! window: in the daily case the window stored with its metrics row ([`crate::series_metrics::window`]) and its
+//! new points, otherwise its last 61 days of points as two arrays. The metrics are computed here ([`crate::series_metrics`], exact decimal arithmetic) and copied
 //! back with each series' window a chunk at a time while the next chunk is read; one `UPDATE` at the end
 //! touches only the rows whose values or window changed ([`crate::series_metrics::store`]).
 //! Computing them in SQL cost 35-90 us per series in the aggregate executor, several times the cost of reading
@@ -55,12 +56,12 @@ impl TaskReport for PriceMetricsReport {
 
 /// Every series with its latest day and point count, for a full run, from `price_series` (kept exact by the
 /// points' own statements, see its migration): grouping 36.5 million points by series took a third of a full
-/// run's read. `latest` gives each series to compute its latest day, its point count and its metrics row's
-/// place when it has one (see `series_metrics::store`); a full run reads every window from the points.
+/// run's read. `latest` gives each series to compute its latest day, its point count as the base (no point lies
+/// after `base_day`, see `series_metrics::store`) and whether it has a metrics row.
 const FULL: &str = r#"
 WITH latest AS (
-    SELECT s.scryfall_id, s.source, s.price_type, s.finish, s.currency, s.latest_day, s.points,
-        m.ctid AS row_tid, NULL::date AS row_day,
+    SELECT s.scryfall_id, s.source, s.price_type, s.finish, s.currency, s.latest_day,
+        s.latest_day AS base_day, s.points AS base_points, m.ctid AS row_tid,
         NULL::bytea AS stored_window, NULL::date[] AS new_days, NULL::numeric[] AS new_prices
     FROM price_series s
     LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
@@ -69,34 +70,39 @@ WITH latest AS (
 
 /// The series to recompute: those with points recorded after `$1` (new days, late or corrected old days), and
 /// those whose stored window a change other than new points dropped (a deletion, a prune, a move: the
-/// triggers of `price_points`, see the migration `price_metrics_follow_every_change`). Every one takes its
-/// latest day and point count from `price_series`. A series whose new points all lie on or after its metrics
-/// row's latest day (the daily case), and whose row keeps its window, has its window from that stored one with
-/// the new points laid over it (gathered in the one pass over the new points), and none of its points are
-/// read; any other series has its window read from the points.
+/// triggers of `price_points`, see the migration `price_metrics_follow_every_change`).
+///
+/// A series whose row keeps its window and whose new points all lie on or after the row's latest day and
+/// within 60 days of it (the daily case) keeps the row's count as the base, and the points after the row's
+/// latest day are counted in its window; its latest day is the newest of them, and its window is the stored one
+/// with the new points laid over it (gathered in the one pass over the new points), so none of its points are
+/// read. The row's count is exact for that: a deletion either takes counted points off it or drops the window.
+/// Any other series takes its count and latest day from `price_series` and has its window read from the points.
 ///
 /// The new points are grouped by series first and then joined to their metrics rows, which the reader plans
 /// without hash joins ([`crate::series_metrics::store`]): sorted by series, the groups meet the metrics rows
 /// in key order, so the first series stream out once the new points are sorted. Joined before grouping, or
 /// through a hash, no series came out before every new point was joined and grouped: on the v4 history the
 /// first came after 160-210 ms rather than 40-75 ms, and the whole read took longer (`psql`, three runs each).
+/// The daily case does not probe `price_series`: with that probe for every series, the incremental run after
+/// a day for every v4 series took 2.11 s in one bench run, against 1.47-1.98 s over two runs without it.
 const INCREMENTAL: &str = r#"
 WITH grouped AS (
-    SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency, min(p.day) AS first_new_day,
+    SELECT p.scryfall_id, p.source, p.price_type, p.finish, p.currency,
+        min(p.day) AS first_new_day, max(p.day) AS last_new_day,
         array_agg(p.day) AS new_days, array_agg(p.price) AS new_prices
     FROM price_points p
     WHERE p.recorded_at > $1
     GROUP BY p.scryfall_id, p.source, p.price_type, p.finish, p.currency
 ),
 touched AS (
-    SELECT g.scryfall_id, g.source, g.price_type, g.finish, g.currency, g.first_new_day, g.new_days,
-        g.new_prices, m.ctid AS row_tid, m.latest_day AS row_day, m.window_points
+    SELECT g.*, m.ctid AS row_tid, m.latest_day AS row_day, m.points AS row_points, m.window_points
     FROM grouped g
     LEFT JOIN price_metrics m ON (m.scryfall_id, m.source, m.price_type, m.finish, m.currency)
                                = (g.scryfall_id, g.source, g.price_type, g.finish, g.currency)
     UNION ALL
-    SELECT m.scryfall_id, m.source, m.price_type, m.finish, m.currency, NULL::date, NULL::date[],
-        NULL::numeric[], m.ctid, m.latest_day, NULL::bytea
+    SELECT m.scryfall_id, m.source, m.price_type, m.finish, m.currency, NULL::date, NULL::date, NULL::date[],
+        NULL::numeric[], m.ctid, m.latest_day, m.points, NULL::bytea
     FROM price_metrics m
     WHERE m.window_points IS NULL
       AND NOT EXISTS (
@@ -106,17 +112,21 @@ touched AS (
             AND p.recorded_at > $1)
 ),
 latest AS MATERIALIZED (
-    SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency, s.latest_day, s.points, t.row_tid,
-        t.row_day,
-        CASE WHEN d.daily THEN t.window_points END AS stored_window,
-        CASE WHEN d.daily THEN t.new_days END AS new_days,
-        CASE WHEN d.daily THEN t.new_prices END AS new_prices
+    SELECT t.scryfall_id, t.source, t.price_type, t.finish, t.currency, c.latest_day, c.base_day, c.base_points,
+        t.row_tid, c.stored_window, c.new_days, c.new_prices
     FROM touched t
-    JOIN price_series s ON (s.scryfall_id, s.source, s.price_type, s.finish, s.currency)
-                         = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
     CROSS JOIN LATERAL (
-        SELECT coalesce(t.window_points IS NOT NULL AND t.first_new_day >= t.row_day, false) AS daily
-    ) d
+        SELECT t.last_new_day AS latest_day, t.row_day AS base_day, t.row_points::bigint AS base_points,
+            t.window_points AS stored_window, t.new_days, t.new_prices
+        WHERE t.window_points IS NOT NULL AND t.first_new_day >= t.row_day AND t.last_new_day - t.row_day <= 60
+        UNION ALL
+        SELECT s.latest_day, s.latest_day, s.points, NULL::bytea, NULL::date[], NULL::numeric[]
+        FROM price_series s
+        WHERE (s.scryfall_id, s.source, s.price_type, s.finish, s.currency)
+            = (t.scryfall_id, t.source, t.price_type, t.finish, t.currency)
+          AND NOT coalesce(t.window_points IS NOT NULL AND t.first_new_day >= t.row_day
+                           AND t.last_new_day - t.row_day <= 60, false)
+    ) c
 )"#;
 
 impl Task for ComputePriceMetrics {

@@ -101,7 +101,11 @@ const COUNT_DOOMED: &str = concat!("SELECT count(*) ", doomed!());
 /// metrics rows of their series true to what is left (the migration `price_metrics_follow_every_change`): a
 /// series that lost a point of its window is recomputed from its points by the next metrics run, and one that
 /// lost only older points has them taken off its all-time `points`.
-const DELETE_DOOMED: &str = concat!("WITH gone AS (DELETE ", doomed!(), " RETURNING 1) SELECT count(*) FROM gone");
+const DELETE_DOOMED: &str = concat!(
+    "WITH gone AS (DELETE ",
+    doomed!(),
+    " RETURNING 1) SELECT count(*) FROM gone"
+);
 
 /// The latest cutoff a prune may use on `today`: the Monday of the week in which the kept window starts, so
 /// every week it rolls up ended before the window.
