@@ -493,6 +493,53 @@ async fn signals_flag_spikes_breakouts_drops_and_arbitrage_once_per_day() {
     stack.cleanup().await;
 }
 
+/// Four flat weeks, then one drop: the returns of the last 30 days are 0, 0, 0 and r, whose sample deviation is
+/// |r| / 2, so the drop is exactly 2 deviations (hand-computed: mean r/4, squares 3(r/4)^2 + (3r/4)^2 = 3r^2/4,
+/// over 3 gives r^2/4). In float8 the two logarithms of 10.00 -> 5.30 and 10.00 -> 5.80 come out one unit in
+/// the last place short of the tie; a series whose drop is below 2 deviations stays quiet.
+#[tokio::test]
+async fn a_drop_of_exactly_two_deviations_is_a_drop_and_one_below_is_not() {
+    let stack = TestStack::start().await.unwrap();
+    let analytics = stack.function(Queue::Analytics, &[]).await.unwrap();
+    series(&stack, "Tie at 5.30", &[10.0, 10.0, 10.0, 10.0, 5.3]).await;
+    series(&stack, "Tie at 5.80", &[10.0, 10.0, 10.0, 10.0, 5.8]).await;
+    // Returns 0, 0, ln(10.5/10), ln(5.8/10.5): the 44.76% drop is 1.94 deviations.
+    series(
+        &stack,
+        "Under two deviations",
+        &[10.0, 10.0, 10.0, 10.5, 5.8],
+    )
+    .await;
+    run(&analytics, "compute_price_metrics", json!({})).await;
+    let report = run(&analytics, "detect_price_signals", json!({})).await;
+    assert_eq!(report["detail"]["drops"], 2, "{report}");
+    let drops: Vec<(String, String)> = sqlx::query_as(
+        "SELECT p.name, s.strength::text FROM price_signals s JOIN printings p USING (scryfall_id) \
+         WHERE s.kind = 'drop' ORDER BY 1",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap();
+    // Strength: the percent move over the 20% threshold, exactly (47 / 20, 42 / 20).
+    assert_eq!(
+        drops,
+        vec![
+            ("Tie at 5.30".to_owned(), "2.350".to_owned()),
+            ("Tie at 5.80".to_owned(), "2.100".to_owned())
+        ]
+    );
+    run(&analytics, "generate_recommendations", json!({})).await;
+    let dips: Vec<String> = sqlx::query_scalar(
+        "SELECT p.name FROM price_recommendations r JOIN printings p USING (scryfall_id) \
+         WHERE r.action = 'buy' AND r.rationale LIKE 'Buy the dip%' ORDER BY 1",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap();
+    assert_eq!(dips, vec!["Tie at 5.30", "Tie at 5.80"]);
+    stack.cleanup().await;
+}
+
 /// Runs per task since the stack started: (task, disposition, replayed, runs).
 async fn runs(stack: &TestStack) -> Vec<(String, String, bool, i64)> {
     sqlx::query_as(

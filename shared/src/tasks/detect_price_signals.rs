@@ -82,6 +82,11 @@ impl TaskReport for SignalsReport {
 
 /// Spikes and drops from the metrics computed since `$2` (all when `$1`).
 ///
+/// The percent thresholds and the strength are exact (`numeric`). The move against the volatility is not: both
+/// are logarithms in `float8`, the volatility summed in the order of its returns, so a move of exactly
+/// `min_sigmas` deviations (flat weeks, then one drop: 2 sigma exactly) came out one unit in the last place
+/// short and was missed. It is compared with [`SIGMA_TOLERANCE`] (`$7`) to spare.
+///
 /// Each threshold the metrics' `numeric` columns are compared with is made `numeric` once per statement, in a
 /// scalar subquery: compared with a `float8`, every row's value was converted to `float8` through its text form,
 /// and a generic plan would convert the parameter for every row as well. The spikes' and drops' filter over the
@@ -90,7 +95,8 @@ const MOVES: &str = r#"
 INSERT INTO price_signals (scryfall_id, kind, source, price_type, finish, currency, day, strength, details)
 SELECT m.scryfall_id, CASE WHEN m.change_7d_pct > 0 THEN 'spike' ELSE 'drop' END,
        m.source, m.price_type, m.finish, m.currency, m.latest_day,
-       round((abs(m.change_7d_pct) / CASE WHEN m.change_7d_pct > 0 THEN $4::float8 ELSE $5::float8 END)::numeric, 3),
+       round(abs(m.change_7d_pct) / CASE WHEN m.change_7d_pct > 0 THEN (SELECT $4::float8::numeric)
+                                         ELSE (SELECT $5::float8::numeric) END, 3),
        jsonb_build_object('latest_price', m.latest_price, 'change_7d', m.change_7d,
                           'change_7d_pct', m.change_7d_pct, 'volatility_30d', m.volatility_30d,
                           'log_move', ln(1 + m.change_7d_pct / 100)::float8)
@@ -100,10 +106,14 @@ WHERE ($1::boolean OR m.computed_at > $2::timestamptz)
   AND (m.change_7d_pct >= (SELECT $4::float8::numeric) OR m.change_7d_pct <= (SELECT -$5::float8::numeric))
   AND m.change_7d_pct > -100
   AND (m.volatility_30d IS NULL OR m.volatility_30d = 0
-       OR abs(ln(1 + m.change_7d_pct / 100)::float8) >= $6::float8 * m.volatility_30d)
+       OR abs(ln(1 + m.change_7d_pct / 100)::float8) >= $6::float8 * m.volatility_30d * (1 - $7::float8))
 ON CONFLICT DO NOTHING
 RETURNING kind
 "#;
+
+/// How far, relative to the threshold, a move may fall short of `min_sigmas` deviations and still count: far
+/// above the float error of the two logarithms (about 1e-15), far below any difference that matters.
+pub const SIGMA_TOLERANCE: f64 = 1e-9;
 
 /// Breakouts: the latest price above every price of the 30 days before it (kept with the metrics).
 const BREAKOUTS: &str = r#"
@@ -172,6 +182,7 @@ impl Task for DetectPriceSignals {
             .bind(args.spike_pct)
             .bind(args.drop_pct)
             .bind(args.min_sigmas)
+            .bind(SIGMA_TOLERANCE)
             .fetch_all(&mut *tx)
             .await?;
         let breakouts = sqlx::query_scalar::<_, String>(BREAKOUTS)
