@@ -22,6 +22,7 @@ pub mod mtgjson;
 pub mod ops;
 pub mod pg_copy;
 pub mod pg_numeric;
+pub mod pg_text;
 pub mod pg_tid;
 pub mod queue;
 pub mod registry;

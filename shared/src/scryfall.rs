@@ -6,6 +6,7 @@ use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
 
 use crate::catalog::{PriceRow, PrintingRow};
+use crate::pg_text::PgText;
 
 /// `GET /bulk-data`.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,7 +75,7 @@ pub struct Prices {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ImageUris {
-    pub normal: Option<String>,
+    pub normal: Option<PgText>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,18 +84,18 @@ pub struct Face {
     pub image_uris: Option<ImageUris>,
 }
 
-/// A card object: one printing.
+/// A card object: one printing. Its strings are [`PgText`]: a card with a NUL in one is malformed.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Card {
     pub id: Uuid,
     #[serde(default)]
     pub oracle_id: Option<Uuid>,
-    pub name: String,
-    pub set: String,
-    pub collector_number: String,
-    pub rarity: String,
+    pub name: PgText,
+    pub set: PgText,
+    pub collector_number: PgText,
+    pub rarity: PgText,
     #[serde(default)]
-    pub finishes: Vec<String>,
+    pub finishes: Vec<PgText>,
     #[serde(default)]
     pub released_at: Option<NaiveDate>,
     #[serde(default)]
@@ -133,16 +134,16 @@ impl Card {
         PrintingRow {
             scryfall_id: self.id,
             oracle_id: self.oracle_id,
-            name: self.name.clone(),
+            name: self.name.to_string(),
             set_code: self.set.to_ascii_lowercase(),
-            collector_number: self.collector_number.clone(),
-            rarity: self.rarity.clone(),
-            finishes: self.finishes.clone(),
+            collector_number: self.collector_number.to_string(),
+            rarity: self.rarity.to_string(),
+            finishes: self.finishes.iter().map(|f| f.to_string()).collect(),
             released_at: self.released_at,
             tcgplayer_id: self.tcgplayer_id,
             cardmarket_id: self.cardmarket_id,
             mtgo_id: self.mtgo_id,
-            image_uri: image,
+            image_uri: image.map(PgText::into_string),
         }
     }
 
@@ -209,6 +210,10 @@ mod tests {
             r#"{"id":"18092f68-b96e-4084-9eba-b240d2195d81","name":"x","set":"x","collector_number":"1","rarity":"common","prices":{"usd":"a lot"}}"#,
             r#"{"id":"18092f68-b96e-4084-9eba-b240d2195d81","name":"x","set":"x","collector_number":"1","rarity":"common","prices":{"usd":"-1.00"}}"#,
             r#"[1,2]"#,
+            // Postgres text cannot hold a NUL, in any of the strings a printing keeps.
+            r#"{"id":"18092f68-b96e-4084-9eba-b240d2195d81","name":"x\u0000","set":"x","collector_number":"1","rarity":"common"}"#,
+            r#"{"id":"18092f68-b96e-4084-9eba-b240d2195d81","name":"x","set":"x","collector_number":"1","rarity":"common","finishes":["foil","\u0000"]}"#,
+            r#"{"id":"18092f68-b96e-4084-9eba-b240d2195d81","name":"x","set":"x","collector_number":"1","rarity":"common","card_faces":[{"image_uris":{"normal":"https://x/\u0000.jpg"}}]}"#,
         ] {
             assert!(serde_json::from_str::<Card>(bad).is_err(), "{bad}");
         }

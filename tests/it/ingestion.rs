@@ -229,6 +229,10 @@ async fn malformed_card_objects_are_counted_logged_and_skipped() {
     let report = ingest(&function, json!({})).await.unwrap();
     assert_eq!(report["status"], "succeeded");
     assert_eq!(report["detail"]["malformed"], 4);
+    assert_eq!(
+        report["detail"]["malformed_ids"],
+        json!(["(none)", cards[20]["id"], "(none)", "not-a-uuid"])
+    );
     assert_eq!(report["counts"], json!({"processed": 399, "errors": 4}));
     assert_eq!(count(&stack, "SELECT count(*) FROM printings").await, 395);
     assert_eq!(
@@ -238,6 +242,51 @@ async fn malformed_card_objects_are_counted_logged_and_skipped() {
     assert_eq!(
         count(&stack, "SELECT malformed FROM ingestion_runs").await,
         4
+    );
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_nul_in_one_card_makes_that_card_malformed_and_every_other_card_is_ingested() {
+    let stack = TestStack::start().await.unwrap();
+    let server = FixtureServer::start().await.unwrap();
+    let mut cards = mid_cards();
+    // Postgres text cannot hold U+0000: before, the batch holding this card failed, and so did every run.
+    let name = cards[57]["name"].as_str().unwrap().to_owned();
+    cards[57]["name"] = json!(format!("{name}\u{0}"));
+    let bad_id = cards[57]["id"].clone();
+    let good: Vec<Value> = cards
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 57)
+        .map(|(_, c)| c.clone())
+        .collect();
+    let body = serde_json::to_vec(&cards).unwrap();
+    assert!(String::from_utf8_lossy(&body).contains(r"\u0000"));
+    server.publish_bulk("default_cards", VERSION, body);
+    let function = ingestion_function(&stack, &server, &[]).await;
+
+    let report = ingest(&function, json!({"batch_size": 50})).await.unwrap();
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["detail"]["outcome"], "completed");
+    assert_eq!(report["detail"]["cursor"], 399);
+    assert_eq!(report["detail"]["malformed"], 1);
+    assert_eq!(report["detail"]["malformed_ids"], json!([bad_id]));
+    assert_eq!(count(&stack, "SELECT count(*) FROM printings").await, 398);
+    assert_eq!(
+        count(
+            &stack,
+            &format!(
+                "SELECT count(*) FROM printings WHERE scryfall_id = '{}'",
+                bad_id.as_str().unwrap()
+            )
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM price_points").await,
+        expected_prices(&good)
     );
     stack.cleanup().await;
 }

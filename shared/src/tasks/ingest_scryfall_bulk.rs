@@ -4,7 +4,8 @@
 //! the download through a streaming JSON parser into Postgres in batches: the file and the cards are never
 //! held whole. Each batch (printings, prices, and the run's cursor) is one transaction, so a run stopped by a
 //! deadline or a broken download resumes exactly after the last applied batch. A version already ingested
-//! is skipped; malformed card objects are counted, logged with their id and skipped.
+//! is skipped; malformed card objects (a NUL in a string among them: Postgres text cannot hold one, see
+//! [`crate::pg_text`]) are counted, logged with their id, named in the report and skipped.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,6 +93,10 @@ pub struct IngestReport {
     pub printings_changed: u64,
     pub prices_changed: u64,
     pub malformed: u64,
+    /// The ids of the first malformed card objects this run skipped, in file order (at most
+    /// [`MALFORMED_IDS_KEPT`]; `(none)` for one without a string id). Each is logged with its error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub malformed_ids: Vec<String>,
     /// Time the batches' transactions took, summed over the connections writing them (the rest is download
     /// and parsing, which overlap with it; two batches in flight at once count twice).
     pub db_ms: u64,
@@ -108,6 +113,24 @@ impl IngestReport {
         self.printings_changed += written.counts.printings;
         self.prices_changed += written.counts.prices;
         self.malformed += written.counts.malformed;
+        let room = MALFORMED_IDS_KEPT.saturating_sub(self.malformed_ids.len());
+        self.malformed_ids
+            .extend(written.malformed_ids.iter().take(room).cloned());
+    }
+}
+
+/// How many malformed card ids a report names.
+pub const MALFORMED_IDS_KEPT: usize = 10;
+
+/// A malformed object's id as a report can keep it (`jsonb` refuses NUL as well): at most 64 characters.
+fn reported_id(id: Option<&str>) -> String {
+    match id {
+        None => "(none)".to_owned(),
+        Some(id) => id
+            .chars()
+            .take(64)
+            .map(|c| if c == '\0' { '\u{fffd}' } else { c })
+            .collect(),
     }
 }
 
@@ -133,6 +156,7 @@ struct ParsedBatch {
     printings: Vec<crate::catalog::PrintingRow>,
     prices: PriceColumns,
     malformed: u64,
+    malformed_ids: Vec<String>,
 }
 
 fn parse_batch(batch: Vec<json_stream::Item>, day: chrono::NaiveDate) -> ParsedBatch {
@@ -141,6 +165,7 @@ fn parse_batch(batch: Vec<json_stream::Item>, day: chrono::NaiveDate) -> ParsedB
         printings: Vec::with_capacity(batch.len()),
         prices: PriceColumns::default(),
         malformed: 0,
+        malformed_ids: Vec::new(),
     };
     let mut prices = Vec::with_capacity(batch.len() * 5);
     for item in &batch {
@@ -154,7 +179,11 @@ fn parse_batch(batch: Vec<json_stream::Item>, day: chrono::NaiveDate) -> ParsedB
                 let id = serde_json::from_str::<CardId>(item.raw.get())
                     .ok()
                     .and_then(|c| c.id);
-                tracing::warn!(card_id = id.as_deref().unwrap_or("(none)"), error = %e, "skipping a malformed card object");
+                let id = reported_id(id.as_deref());
+                tracing::warn!(card_id = %id, error = %e, "skipping a malformed card object");
+                if parsed.malformed_ids.len() < MALFORMED_IDS_KEPT {
+                    parsed.malformed_ids.push(id);
+                }
             }
         }
     }
@@ -165,6 +194,7 @@ fn parse_batch(batch: Vec<json_stream::Item>, day: chrono::NaiveDate) -> ParsedB
 /// A batch applied: its counts, the cursor after it, and how long its transaction took.
 struct WrittenBatch {
     counts: BatchCounts,
+    malformed_ids: Vec<String>,
     cursor: u64,
     elapsed: Duration,
 }
@@ -297,6 +327,7 @@ async fn write_batch(
     let _ = committed.send(());
     Ok(WrittenBatch {
         counts,
+        malformed_ids: batch.malformed_ids,
         cursor,
         elapsed: started.elapsed(),
     })
@@ -336,6 +367,8 @@ impl Task for IngestScryfallBulk {
                     format!("the bulk-data index lists no `{}` file", args.bulk_type),
                 )
             })?;
+        // Checked before the run is recorded: a link off Scryfall's hosts is neither fetched nor started.
+        upstream.url(&item.download_uri)?;
         let source = format!("scryfall:{}", args.bulk_type);
         let (run, start) = IngestionRun::begin(
             ctx.db(),
@@ -356,6 +389,7 @@ impl Task for IngestScryfallBulk {
             printings_changed: 0,
             prices_changed: 0,
             malformed: 0,
+            malformed_ids: Vec::new(),
             db_ms: 0,
             continuation: None,
         };
