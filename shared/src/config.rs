@@ -59,6 +59,11 @@ pub struct Settings {
     pub scryfall_base_url: String,
     /// MTGJSON's files (`DD_MTGJSON_BASE_URL`, default https://mtgjson.com/api/v5).
     pub mtgjson_base_url: String,
+    /// Hosts Scryfall is fetched from besides its base URL's: the bulk files' host
+    /// (`DD_SCRYFALL_ALLOWED_HOSTS`, comma-separated `host` or `host:port`, default `data.scryfall.io`).
+    pub scryfall_allowed_hosts: Vec<String>,
+    /// Hosts MTGJSON is fetched from besides its base URL's (`DD_MTGJSON_ALLOWED_HOSTS`, default none).
+    pub mtgjson_allowed_hosts: Vec<String>,
     /// Every long task (an ingestion, a prune) stops between chunks and continues in a follow-up message when
     /// less than this remains before its deadline (`DD_TASK_RESERVE_MS`, default 60000; the older name
     /// `DD_INGEST_RESERVE_MS` is read when the new one is unset). See [`TaskContext::near_deadline`].
@@ -71,6 +76,19 @@ pub struct Settings {
     /// Each run writes its CloudWatch EMF line to stdout unless `DD_METRICS_DISABLED` is set (to anything):
     /// local tools and tests, whose stdout is a terminal or a report, turn it off.
     pub emit_metrics: bool,
+}
+
+/// A comma-separated list of hosts, or `default` when the variable is unset (set and empty: none).
+fn hosts(value: Option<String>, default: &[&str]) -> Vec<String> {
+    match value {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => default.iter().map(|h| (*h).to_owned()).collect(),
+    }
 }
 
 impl Settings {
@@ -139,6 +157,11 @@ impl Settings {
                 .unwrap_or_else(|| "https://api.scryfall.com".to_owned()),
             mtgjson_base_url: lookup("DD_MTGJSON_BASE_URL")
                 .unwrap_or_else(|| "https://mtgjson.com/api/v5".to_owned()),
+            scryfall_allowed_hosts: hosts(
+                lookup("DD_SCRYFALL_ALLOWED_HOSTS"),
+                &["data.scryfall.io"],
+            ),
+            mtgjson_allowed_hosts: hosts(lookup("DD_MTGJSON_ALLOWED_HOSTS"), &[]),
             task_reserve: Duration::from_millis(parse_or(
                 &lookup,
                 if lookup("DD_TASK_RESERVE_MS").is_some() {
@@ -233,6 +256,25 @@ mod tests {
             "postgresql://app:hunter2@db/app"
         );
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn upstream_hosts_default_to_what_each_upstream_publishes_from() {
+        let s = load(&full_env()).unwrap();
+        assert_eq!(s.scryfall_allowed_hosts, ["data.scryfall.io"]);
+        assert!(s.mtgjson_allowed_hosts.is_empty());
+        let mut env = full_env();
+        env.insert(
+            "DD_SCRYFALL_ALLOWED_HOSTS".into(),
+            " data.scryfall.io, mirror.example:8443 ,".into(),
+        );
+        env.insert("DD_MTGJSON_ALLOWED_HOSTS".into(), "".into());
+        let s = load(&env).unwrap();
+        assert_eq!(
+            s.scryfall_allowed_hosts,
+            ["data.scryfall.io", "mirror.example:8443"]
+        );
+        assert!(s.mtgjson_allowed_hosts.is_empty());
     }
 
     #[test]

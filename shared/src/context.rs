@@ -39,9 +39,12 @@ impl Upstreams {
         let mut scryfall = UpstreamConfig::new("scryfall", &settings.scryfall_base_url);
         // Scryfall asks for 50-100 ms between requests.
         scryfall.pacing = Some(std::time::Duration::from_millis(100));
+        scryfall.allowed_hosts = settings.scryfall_allowed_hosts.clone();
+        let mut mtgjson = UpstreamConfig::new("mtgjson", &settings.mtgjson_base_url);
+        mtgjson.allowed_hosts = settings.mtgjson_allowed_hosts.clone();
         Ok(Upstreams {
             scryfall: Upstream::new(scryfall)?,
-            mtgjson: Upstream::new(UpstreamConfig::new("mtgjson", &settings.mtgjson_base_url))?,
+            mtgjson: Upstream::new(mtgjson)?,
         })
     }
 }

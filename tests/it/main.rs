@@ -21,6 +21,7 @@ mod operations;
 mod prune_task_runs;
 mod secrets;
 mod source_tree;
+mod upstream_hosts;
 
 #[test]
 fn every_test_file_is_compiled() {

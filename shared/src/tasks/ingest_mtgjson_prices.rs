@@ -77,7 +77,7 @@ pub struct IngestMtgjsonArgs {
     #[serde(default = "default_file")]
     #[garde(skip)]
     pub file: MtgjsonFile,
-    /// Path under DD_MTGJSON_BASE_URL or an absolute URL (required for `v4_history`).
+    /// Path under DD_MTGJSON_BASE_URL (required for `v4_history`); an absolute URL or a `..` is refused.
     #[serde(default)]
     #[garde(length(min = 1, max = 1000))]
     pub path: Option<String>,
@@ -156,6 +156,19 @@ impl Task for IngestMtgjsonPrices {
     type Args = IngestMtgjsonArgs;
     type Report = MtgjsonReport;
 
+    /// A `path` stays under the base URL: whoever can send to the queue must not make the function fetch
+    /// from elsewhere (inside the VPC included) and store what it gets as prices.
+    fn validate(args: &IngestMtgjsonArgs) -> Result<(), String> {
+        match args
+            .path
+            .as_deref()
+            .and_then(crate::upstream::relative_path_problem)
+        {
+            Some(problem) => Err(format!("`path`: {problem}")),
+            None => Ok(()),
+        }
+    }
+
     async fn run(args: IngestMtgjsonArgs, ctx: TaskContext) -> Result<MtgjsonReport, TaskError> {
         let path = args
             .path
@@ -172,7 +185,7 @@ impl Task for IngestMtgjsonPrices {
                 )
             })?;
         let upstream = &ctx.upstreams().mtgjson;
-        let url = upstream.url(&path);
+        let url = upstream.url(&path)?.to_string();
         let source = format!("mtgjson:{}", args.file.as_str());
 
         let response = upstream.get(&path).await?;
@@ -400,6 +413,18 @@ mod tests {
         assert!(check(json!({"file": "v4_history", "path": "history/v4.json"})).is_ok());
         assert!(check(json!({"file": "all_printings"})).is_err());
         assert!(check(json!({"path": ""})).is_err());
+        for outside in [
+            "http://127.0.0.1:9/AllPrices.json",
+            "https://example.com/AllPrices.json",
+            "//example.com/AllPrices.json",
+            "../../secrets",
+            "history/%2E%2e/../x.json",
+            "history\\..\\x.json",
+        ] {
+            let err = check(json!({"file": "v4_history", "path": outside})).unwrap_err();
+            assert_eq!(err.class(), class::INVALID_KWARGS, "{outside}");
+            assert!(err.message().contains("`path`: "), "{outside}: {err}");
+        }
         assert!(check(json!({"batch_size": 1})).is_err());
     }
 }

@@ -19,6 +19,8 @@ pub enum Content {
     Bytes(Bytes),
     /// Streamed from disk on each request (large benchmark files).
     File(PathBuf),
+    /// A `302 Found` to this location.
+    Redirect(String),
 }
 
 impl From<Vec<u8>> for Content {
@@ -32,13 +34,14 @@ impl Content {
         match self {
             Content::Bytes(b) => b.len() as u64,
             Content::File(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            Content::Redirect(_) => 0,
         }
     }
 }
 
 #[derive(Default)]
 struct StubState {
-    /// bulk type -> (updated_at, file name)
+    /// bulk type -> (updated_at, file name, or the absolute URL the index links to)
     bulk: BTreeMap<String, (String, String)>,
     files: HashMap<String, Content>,
     requests: Vec<String>,
@@ -85,6 +88,14 @@ impl StubUpstream {
             .insert(kind.to_owned(), (updated_at.to_owned(), file));
     }
 
+    /// Lists the `kind` bulk file at version `updated_at` with `download_uri` as its link, wherever it points.
+    pub fn publish_bulk_link(&self, kind: &str, updated_at: &str, download_uri: &str) {
+        self.lock().bulk.insert(
+            kind.to_owned(),
+            (updated_at.to_owned(), download_uri.to_owned()),
+        );
+    }
+
     /// Serves `content` at `/files/<name>`.
     pub fn publish_file(&self, name: &str, content: impl Into<Content>) {
         self.lock().files.insert(name.to_owned(), content.into());
@@ -105,7 +116,7 @@ async fn bulk_index(State(state): State<Shared>, base: String) -> Response {
         .map(|(kind, (updated_at, file))| {
             serde_json::json!({
                 "object": "bulk_data", "type": kind, "updated_at": updated_at,
-                "download_uri": format!("{base}/files/{file}"),
+                "download_uri": if file.contains("://") { file.clone() } else { format!("{base}/files/{file}") },
                 "size": s.files.get(file).map(Content::len).unwrap_or(0),
                 "content_type": "application/json", "content_encoding": "gzip"
             })
@@ -124,6 +135,11 @@ async fn file(State(state): State<Shared>, Path(name): Path<String>) -> Response
     match content {
         None => StatusCode::NOT_FOUND.into_response(),
         Some(Content::Bytes(b)) => (StatusCode::OK, b).into_response(),
+        Some(Content::Redirect(location)) => (
+            StatusCode::FOUND,
+            [(axum::http::header::LOCATION, location)],
+        )
+            .into_response(),
         Some(Content::File(path)) => match tokio::fs::File::open(&path).await {
             // Large reads: 4 KiB ones (the default) cost the stub more CPU than the client spends parsing.
             Ok(f) => Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024))
