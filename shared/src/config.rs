@@ -64,6 +64,11 @@ pub struct Settings {
     pub scryfall_allowed_hosts: Vec<String>,
     /// Hosts MTGJSON is fetched from besides its base URL's (`DD_MTGJSON_ALLOWED_HOSTS`, default none).
     pub mtgjson_allowed_hosts: Vec<String>,
+    /// How long an upstream has to send its response headers (`DD_UPSTREAM_RESPONSE_TIMEOUT_MS`, default
+    /// 30000). A body takes as long as it takes, within the task's deadline.
+    pub upstream_response_timeout: Duration,
+    /// A body that sends nothing for this long fails the read (`DD_UPSTREAM_READ_TIMEOUT_MS`, default 60000).
+    pub upstream_read_timeout: Duration,
     /// Every long task (an ingestion, a prune) stops between chunks and continues in a follow-up message when
     /// less than this remains before its deadline (`DD_TASK_RESERVE_MS`, default 60000; the older name
     /// `DD_INGEST_RESERVE_MS` is read when the new one is unset). See [`TaskContext::near_deadline`].
@@ -162,6 +167,18 @@ impl Settings {
                 &["data.scryfall.io"],
             ),
             mtgjson_allowed_hosts: hosts(lookup("DD_MTGJSON_ALLOWED_HOSTS"), &[]),
+            upstream_response_timeout: Duration::from_millis(parse_or(
+                &lookup,
+                "DD_UPSTREAM_RESPONSE_TIMEOUT_MS",
+                30_000,
+                100..=300_000,
+            )?),
+            upstream_read_timeout: Duration::from_millis(parse_or(
+                &lookup,
+                "DD_UPSTREAM_READ_TIMEOUT_MS",
+                60_000,
+                100..=600_000,
+            )?),
             task_reserve: Duration::from_millis(parse_or(
                 &lookup,
                 if lookup("DD_TASK_RESERVE_MS").is_some() {
@@ -275,6 +292,8 @@ mod tests {
             ["data.scryfall.io", "mirror.example:8443"]
         );
         assert!(s.mtgjson_allowed_hosts.is_empty());
+        assert_eq!(s.upstream_response_timeout, Duration::from_secs(30));
+        assert_eq!(s.upstream_read_timeout, Duration::from_secs(60));
     }
 
     #[test]

@@ -42,6 +42,10 @@ impl Upstreams {
         scryfall.allowed_hosts = settings.scryfall_allowed_hosts.clone();
         let mut mtgjson = UpstreamConfig::new("mtgjson", &settings.mtgjson_base_url);
         mtgjson.allowed_hosts = settings.mtgjson_allowed_hosts.clone();
+        for config in [&mut scryfall, &mut mtgjson] {
+            config.request_timeout = settings.upstream_response_timeout;
+            config.read_timeout = settings.upstream_read_timeout;
+        }
         Ok(Upstreams {
             scryfall: Upstream::new(scryfall)?,
             mtgjson: Upstream::new(mtgjson)?,

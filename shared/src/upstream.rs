@@ -37,7 +37,8 @@ pub struct UpstreamConfig {
     /// Minimum gap between requests (Scryfall asks for 50-100 ms).
     pub pacing: Option<Duration>,
     pub connect_timeout: Duration,
-    /// Time to the response headers; bodies are streamed and read with their own idle timeout.
+    /// Time to the response headers. A body is streamed for as long as it takes (a bulk file on a slow link
+    /// takes minutes), bounded by `read_timeout` between reads and by the task's own deadline.
     pub request_timeout: Duration,
     /// A streamed body that stalls this long fails the read.
     pub read_timeout: Duration,
@@ -303,13 +304,25 @@ impl Upstream {
                 pacer.until_ready().await;
             }
             let call = async {
-                let response = self
+                // Not reqwest's own timeout, which also runs while the body is read and so cut every bulk
+                // file that took longer to arrive than to start.
+                let request = self
                     .client()?
                     .get(url.clone())
                     .header(reqwest::header::ACCEPT, "application/json;q=0.9,*/*;q=0.8")
-                    .timeout(self.config.request_timeout)
-                    .send()
+                    .send();
+                let response = tokio::time::timeout(self.config.request_timeout, request)
                     .await
+                    .map_err(|_| {
+                        TaskError::retryable(
+                            class::UPSTREAM_UNAVAILABLE,
+                            format!(
+                                "{}: GET {url}: no response within {} ms",
+                                self.config.name,
+                                self.config.request_timeout.as_millis()
+                            ),
+                        )
+                    })?
                     .map_err(|e| classify_transport(self.config.name, &url, e))?;
                 check_status(self.config.name, &url, response)
             };

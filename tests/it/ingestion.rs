@@ -3,6 +3,7 @@ use std::time::Duration;
 use dualcaster::queue::Queue;
 use dualcaster_tools::local::function::{Invoked, LocalFunction};
 use dualcaster_tools::local::runtime_api::InvokeOutcome;
+use dualcaster_tools::local::stub::Content;
 use integration_tests::{fixture, FixtureServer, TestStack};
 use serde_json::{json, Value};
 
@@ -287,6 +288,73 @@ async fn a_nul_in_one_card_makes_that_card_malformed_and_every_other_card_is_ing
     assert_eq!(
         count(&stack, "SELECT count(*) FROM price_points").await,
         expected_prices(&good)
+    );
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_bulk_file_on_a_slow_link_completes_however_long_its_body_takes() {
+    let stack = TestStack::start().await.unwrap();
+    let server = FixtureServer::start().await.unwrap();
+    let bytes = std::fs::read(fixture("scryfall/mid_all_prints.json")).unwrap();
+    // 2 MB at 400 KB/s: about five seconds of body, against one and a half for the response to start.
+    server.publish_bulk(
+        "default_cards",
+        VERSION,
+        Content::Throttled {
+            bytes: bytes.into(),
+            bytes_per_sec: 400_000,
+        },
+    );
+    let function = ingestion_function(
+        &stack,
+        &server,
+        &[("DD_UPSTREAM_RESPONSE_TIMEOUT_MS", "1500")],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let report = ingest(&function, json!({})).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["detail"]["cards"], 399);
+    assert!(
+        took > Duration::from_secs(4),
+        "{took:?}: the link was not slow"
+    );
+    assert_eq!(count(&stack, "SELECT count(*) FROM printings").await, 399);
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_download_that_stops_sending_fails_retryably_after_the_read_timeout() {
+    let stack = TestStack::start().await.unwrap();
+    let server = FixtureServer::start().await.unwrap();
+    let bytes = std::fs::read(fixture("scryfall/mid_all_prints.json")).unwrap();
+    let after = bytes.len() / 2;
+    server.publish_bulk(
+        "default_cards",
+        VERSION,
+        Content::Stalls {
+            bytes: bytes.into(),
+            after,
+        },
+    );
+    let function =
+        ingestion_function(&stack, &server, &[("DD_UPSTREAM_READ_TIMEOUT_MS", "1000")]).await;
+    let started = std::time::Instant::now();
+    let (error_type, message) = ingest(&function, json!({"batch_size": 50}))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(error_type, "corrupt_download", "{message}");
+    assert!(message.contains("(retryable)"), "{message}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    // Only whole batches of what arrived were applied.
+    let cursor = count(&stack, "SELECT cursor FROM ingestion_runs").await;
+    assert!(cursor > 0 && cursor % 50 == 0 && cursor < 399, "{cursor}");
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM printings").await,
+        cursor
     );
     stack.cleanup().await;
 }

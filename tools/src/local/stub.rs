@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Result;
 use axum::body::{Body, Bytes};
@@ -12,6 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
 
 /// What a file serves.
 #[derive(Debug, Clone)]
@@ -21,6 +23,16 @@ pub enum Content {
     File(PathBuf),
     /// A `302 Found` to this location.
     Redirect(String),
+    /// These bytes at about `bytes_per_sec`, in 16 KiB chunks (a slow link).
+    Throttled {
+        bytes: Bytes,
+        bytes_per_sec: u64,
+    },
+    /// The first `after` bytes of these, then nothing more while the connection stays open (a hung upstream).
+    Stalls {
+        bytes: Bytes,
+        after: usize,
+    },
 }
 
 impl From<Vec<u8>> for Content {
@@ -35,6 +47,7 @@ impl Content {
             Content::Bytes(b) => b.len() as u64,
             Content::File(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
             Content::Redirect(_) => 0,
+            Content::Throttled { bytes, .. } | Content::Stalls { bytes, .. } => bytes.len() as u64,
         }
     }
 }
@@ -140,6 +153,28 @@ async fn file(State(state): State<Shared>, Path(name): Path<String>) -> Response
             [(axum::http::header::LOCATION, location)],
         )
             .into_response(),
+        Some(Content::Throttled {
+            bytes,
+            bytes_per_sec,
+        }) => {
+            const CHUNK: usize = 16 * 1024;
+            let pause = Duration::from_secs_f64(CHUNK as f64 / bytes_per_sec.max(1) as f64);
+            let len = bytes.len();
+            let chunks = (0..len.div_ceil(CHUNK))
+                .map(move |i| bytes.slice(i * CHUNK..((i + 1) * CHUNK).min(len)));
+            let body = futures::stream::iter(chunks).then(move |chunk| async move {
+                tokio::time::sleep(pause).await;
+                Ok::<_, std::io::Error>(chunk)
+            });
+            sized(len, Body::from_stream(body))
+        }
+        Some(Content::Stalls { bytes, after }) => {
+            let len = bytes.len();
+            let head = bytes.slice(..after.min(len));
+            let body = futures::stream::once(async move { Ok::<_, std::io::Error>(head) })
+                .chain(futures::stream::pending());
+            sized(len, Body::from_stream(body))
+        }
         Some(Content::File(path)) => match tokio::fs::File::open(&path).await {
             // Large reads: 4 KiB ones (the default) cost the stub more CPU than the client spends parsing.
             Ok(f) => Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024))
@@ -147,4 +182,14 @@ async fn file(State(state): State<Shared>, Path(name): Path<String>) -> Response
             Err(_) => StatusCode::NOT_FOUND.into_response(),
         },
     }
+}
+
+/// A streamed body with its length announced, as a real file server sends it.
+fn sized(len: usize, body: Body) -> Response {
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_LENGTH, len.to_string())],
+        body,
+    )
+        .into_response()
 }
