@@ -69,6 +69,9 @@ pub struct Settings {
     pub upstream_response_timeout: Duration,
     /// A body that sends nothing for this long fails the read (`DD_UPSTREAM_READ_TIMEOUT_MS`, default 60000).
     pub upstream_read_timeout: Duration,
+    /// What one downloaded document may hold once decoded (`DD_DOWNLOAD_MAX_BYTES`, default 16 GiB) and one
+    /// item of it (`DD_DOWNLOAD_MAX_ITEM_BYTES`, default 64 MiB).
+    pub download_limits: crate::json_stream::Limits,
     /// Every long task (an ingestion, a prune) stops between chunks and continues in a follow-up message when
     /// less than this remains before its deadline (`DD_TASK_RESERVE_MS`, default 60000; the older name
     /// `DD_INGEST_RESERVE_MS` is read when the new one is unset). See [`TaskContext::near_deadline`].
@@ -179,6 +182,23 @@ impl Settings {
                 60_000,
                 100..=600_000,
             )?),
+            download_limits: {
+                let default = crate::json_stream::Limits::default();
+                crate::json_stream::Limits {
+                    max_bytes: parse_or(
+                        &lookup,
+                        "DD_DOWNLOAD_MAX_BYTES",
+                        default.max_bytes,
+                        1 << 20..=1 << 40,
+                    )?,
+                    max_item_bytes: parse_or(
+                        &lookup,
+                        "DD_DOWNLOAD_MAX_ITEM_BYTES",
+                        default.max_item_bytes,
+                        1 << 10..=1 << 32,
+                    )?,
+                }
+            },
             task_reserve: Duration::from_millis(parse_or(
                 &lookup,
                 if lookup("DD_TASK_RESERVE_MS").is_some() {

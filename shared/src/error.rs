@@ -51,6 +51,7 @@ pub mod class {
     pub const LEASE_HELD: &str = "lease_held";
     pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
     pub const CORRUPT_DOWNLOAD: &str = "corrupt_download";
+    pub const DOWNLOAD_TOO_LARGE: &str = "download_too_large";
 }
 
 /// A task or runtime failure: its kind decides retry vs dead-letter; its class and message travel with

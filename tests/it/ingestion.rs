@@ -360,6 +360,70 @@ async fn a_download_that_stops_sending_fails_retryably_after_the_read_timeout() 
 }
 
 #[tokio::test]
+async fn a_gzip_bomb_is_refused_at_its_byte_limit_and_the_function_lives_on() {
+    use std::io::Write;
+    let stack = TestStack::start().await.unwrap();
+    let server = FixtureServer::start().await.unwrap();
+    // 256 MiB of decoded JSON (an array of one long string) in about a megabyte of gzip.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b"[\"").unwrap();
+    let run = vec![b'a'; 1 << 20];
+    for _ in 0..256 {
+        gz.write_all(&run).unwrap();
+    }
+    gz.write_all(b"\"]").unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 2 << 20, "{}", bomb.len());
+    server.publish_bulk("default_cards", VERSION, Content::Gzip(bomb.into()));
+    let function =
+        ingestion_function(&stack, &server, &[("DD_DOWNLOAD_MAX_BYTES", "33554432")]).await;
+    let (error_type, message) = ingest(&function, json!({"batch_size": 5000}))
+        .await
+        .unwrap_err();
+    assert_eq!(error_type, "download_too_large", "{message}");
+    assert!(
+        message.contains("the document is over its limit of 33554432 bytes"),
+        "{message}"
+    );
+    assert!(message.ends_with("(permanent)"), "{message}");
+    let status: String = sqlx::query_scalar("SELECT status FROM ingestion_runs")
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "failed");
+    // The same process answers the next invocation, the same way.
+    let (again, _) = ingest(&function, json!({"force": true})).await.unwrap_err();
+    assert_eq!(again, "download_too_large");
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn one_card_object_over_the_item_limit_is_refused_and_named() {
+    let stack = TestStack::start().await.unwrap();
+    let server = FixtureServer::start().await.unwrap();
+    let mut cards = mid_cards();
+    cards.truncate(3);
+    // A 100 MB name: over the 64 MiB one item may take by default.
+    cards[2]["name"] = json!("x".repeat(100 << 20));
+    server.publish_bulk(
+        "default_cards",
+        VERSION,
+        serde_json::to_vec(&cards).unwrap(),
+    );
+    let function = ingestion_function(&stack, &server, &[]).await;
+    let (error_type, message) = ingest(&function, json!({"batch_size": 10}))
+        .await
+        .unwrap_err();
+    assert_eq!(error_type, "download_too_large", "{message}");
+    assert!(
+        message.contains("item 3 is over the limit of 67108864 bytes for one item"),
+        "{message}"
+    );
+    assert!(message.ends_with("(permanent)"), "{message}");
+    stack.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_truncated_download_fails_retryably_and_the_next_run_resumes_without_gaps() {
     let stack = TestStack::start().await.unwrap();
     let server = FixtureServer::start().await.unwrap();

@@ -235,6 +235,16 @@ impl IngestionRun {
                 class::CORRUPT_DOWNLOAD,
                 format!("{source}: reading stopped early"),
             )),
+            StreamEnd::TooLarge(detail) => {
+                // The same file refuses the same way every time: retrying would only repeat the download.
+                let message = format!(
+                    "{source} version {}: refused after item {cursor}: {detail} (DD_DOWNLOAD_MAX_BYTES, \
+                     DD_DOWNLOAD_MAX_ITEM_BYTES)",
+                    self.file_version.to_rfc3339()
+                );
+                self.fail(db, &message).await?;
+                Err(TaskError::permanent(class::DOWNLOAD_TOO_LARGE, message))
+            }
             StreamEnd::Corrupt(detail) => {
                 let message = format!(
                     "{source} version {}: the download is truncated or corrupt after item {cursor}: {detail}",

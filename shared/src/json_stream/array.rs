@@ -184,10 +184,10 @@ pub(super) fn read<R: Read>(reader: R, sink: &mut Sink) -> Result<u64> {
                     RawValue::from_string(text.to_owned())
                         .map_err(|e| corrupt(format!("element {} (byte {at}): {e}", sink.seen + 1)))
                 })?;
-            sink.seen += 1;
+            sink.counted();
             sink.push::<serde_json::Error>(Item { key: None, raw })?;
         } else {
-            sink.seen += 1;
+            sink.counted();
         }
         match s.peek()? {
             Some(b',') => s.pos += 1,
@@ -223,7 +223,7 @@ pub(super) fn read<R: Read>(reader: R, sink: &mut Sink) -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{read_all, Shape, StreamEnd};
+    use super::super::{read_all, Limits, Shape, StreamEnd};
     use proptest::prelude::*;
     use serde_json::Value;
     use tokio::sync::mpsc;
@@ -245,7 +245,14 @@ mod tests {
 
     fn scan(doc: &[u8], step: usize, skip: u64) -> (Vec<Value>, StreamEnd) {
         let (tx, mut rx) = mpsc::channel(1 << 16);
-        let end = read_all(Trickle { doc, step }, Shape::Array, skip, 3, &tx);
+        let end = read_all(
+            Trickle { doc, step },
+            Shape::Array,
+            skip,
+            3,
+            Limits::default(),
+            &tx,
+        );
         drop(tx);
         let mut items = Vec::new();
         while let Ok(batch) = rx.try_recv() {

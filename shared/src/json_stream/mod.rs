@@ -7,6 +7,10 @@
 //! serde_json, driven entry by entry through a `MapAccess` visitor.
 
 mod array;
+mod limits;
+
+pub use limits::Limits;
+use limits::{Limited, Tally};
 
 use std::fmt;
 use std::io::Read;
@@ -36,6 +40,8 @@ pub enum StreamEnd {
     Stopped,
     /// The document is truncated or not valid JSON of the expected shape.
     Corrupt(String),
+    /// The document, or one item of it, is over its [`Limits`]: reading stopped there.
+    TooLarge(String),
 }
 
 /// Which items to deliver.
@@ -92,6 +98,7 @@ struct MetaSide {
 pub fn spawn_with_meta<R: Read + Send + 'static>(
     reader: R,
     batch: usize,
+    limits: Limits,
 ) -> (
     MetaHandshake,
     mpsc::Receiver<Vec<Item>>,
@@ -105,6 +112,12 @@ pub fn spawn_with_meta<R: Read + Send + 'static>(
         skip: skip_rx,
     };
     let handle = tokio::task::spawn_blocking(move || {
+        let tally = Arc::new(Tally::default());
+        let reader = Limited {
+            inner: reader,
+            limits,
+            tally: tally.clone(),
+        };
         let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(
             256 * 1024,
             reader,
@@ -115,9 +128,10 @@ pub fn spawn_with_meta<R: Read + Send + 'static>(
             batch: batch.max(1),
             buffer: Vec::with_capacity(batch),
             seen: 0,
+            tally: &tally,
         };
         let result = de.deserialize_map(TopVisitor(sink, Some(side)));
-        finish(result.and_then(|n| de.end().map(|()| n)))
+        finish(result.and_then(|n| de.end().map(|()| n)), &tally)
     });
     (
         MetaHandshake {
@@ -129,7 +143,10 @@ pub fn spawn_with_meta<R: Read + Send + 'static>(
     )
 }
 
-fn finish(result: Result<u64, serde_json::Error>) -> StreamEnd {
+fn finish(result: Result<u64, serde_json::Error>, tally: &Tally) -> StreamEnd {
+    if let Some(why) = tally.refused() {
+        return StreamEnd::TooLarge(why);
+    }
     match result {
         Ok(n) => StreamEnd::Complete(n),
         Err(e) if e.to_string().starts_with(STOPPED) => StreamEnd::Stopped,
@@ -138,19 +155,21 @@ fn finish(result: Result<u64, serde_json::Error>) -> StreamEnd {
 }
 
 /// Reads `reader` on a blocking thread and sends batches of up to `batch` items, after skipping the first
-/// `skip` items. Drop the receiver to stop early.
+/// `skip` items, within `limits`. Drop the receiver to stop early.
 pub fn spawn<R: Read + Send + 'static>(
     reader: R,
     shape: Shape,
     skip: u64,
     batch: usize,
+    limits: Limits,
 ) -> (
     mpsc::Receiver<Vec<Item>>,
     tokio::task::JoinHandle<StreamEnd>,
 ) {
     let (tx, rx) = mpsc::channel(2);
-    let handle =
-        tokio::task::spawn_blocking(move || read_all(reader, shape, skip, batch.max(1), &tx));
+    let handle = tokio::task::spawn_blocking(move || {
+        read_all(reader, shape, skip, batch.max(1), limits, &tx)
+    });
     (rx, handle)
 }
 
@@ -160,14 +179,22 @@ pub fn read_all<R: Read>(
     shape: Shape,
     skip: u64,
     batch: usize,
+    limits: Limits,
     tx: &mpsc::Sender<Vec<Item>>,
 ) -> StreamEnd {
+    let tally = Arc::new(Tally::default());
+    let reader = Limited {
+        inner: reader,
+        limits,
+        tally: tally.clone(),
+    };
     let mut sink = Sink {
         tx,
         skip,
         batch,
         buffer: Vec::with_capacity(batch),
         seen: 0,
+        tally: &tally,
     };
     let result = match shape {
         Shape::Array => array::read(reader, &mut sink),
@@ -180,7 +207,7 @@ pub fn read_all<R: Read>(
                 .and_then(|n| de.end().map(|()| n))
         }
     };
-    finish(result)
+    finish(result, &tally)
 }
 
 struct Sink<'a> {
@@ -189,9 +216,16 @@ struct Sink<'a> {
     batch: usize,
     buffer: Vec<Item>,
     seen: u64,
+    tally: &'a Tally,
 }
 
 impl Sink<'_> {
+    /// One more item of the document, handed on or skipped.
+    fn counted(&mut self) {
+        self.seen += 1;
+        self.tally.item_ended();
+    }
+
     fn push<E: de::Error>(&mut self, item: Item) -> Result<(), E> {
         self.buffer.push(item);
         if self.buffer.len() >= self.batch {
@@ -267,11 +301,11 @@ impl<'de> Visitor<'de> for DataSeed<'_, '_> {
         while let Some(key) = map.next_key::<String>()? {
             if sink.seen < sink.skip {
                 map.next_value::<IgnoredAny>()?;
-                sink.seen += 1;
+                sink.counted();
                 continue;
             }
             let raw = map.next_value::<Box<RawValue>>()?;
-            sink.seen += 1;
+            sink.counted();
             sink.push::<A::Error>(Item {
                 key: Some(key),
                 raw,
@@ -288,7 +322,7 @@ mod tests {
 
     fn collect(doc: &str, shape: Shape, skip: u64, batch: usize) -> (Vec<Vec<String>>, StreamEnd) {
         let (tx, mut rx) = mpsc::channel(1024);
-        let end = read_all(doc.as_bytes(), shape, skip, batch, &tx);
+        let end = read_all(doc.as_bytes(), shape, skip, batch, Limits::default(), &tx);
         drop(tx);
         let mut batches = Vec::new();
         while let Ok(b) = rx.try_recv() {
@@ -353,8 +387,11 @@ mod tests {
     #[tokio::test]
     async fn meta_is_handed_over_before_the_items_and_decides_the_skip() {
         let doc = r#"{"meta": {"date": "2026-11-26"}, "data": {"a": 1, "b": 2, "c": 3}}"#;
-        let (hs, mut rx, handle) =
-            spawn_with_meta(std::io::Cursor::new(doc.as_bytes().to_vec()), 10);
+        let (hs, mut rx, handle) = spawn_with_meta(
+            std::io::Cursor::new(doc.as_bytes().to_vec()),
+            10,
+            Limits::default(),
+        );
         let meta = hs.meta.await.unwrap().unwrap();
         assert_eq!(meta.get(), r#"{"date": "2026-11-26"}"#);
         hs.skip.send(2).unwrap();
@@ -369,7 +406,11 @@ mod tests {
         assert!(matches!(handle.await.unwrap(), StreamEnd::Complete(3)));
 
         // Dropping the skip sender stops the reader before any item.
-        let (hs, _rx, handle) = spawn_with_meta(std::io::Cursor::new(doc.as_bytes().to_vec()), 10);
+        let (hs, _rx, handle) = spawn_with_meta(
+            std::io::Cursor::new(doc.as_bytes().to_vec()),
+            10,
+            Limits::default(),
+        );
         let _ = hs.meta.await;
         drop(hs.skip);
         assert!(matches!(handle.await.unwrap(), StreamEnd::Stopped));
@@ -379,7 +420,99 @@ mod tests {
     fn a_consumer_that_hangs_up_stops_the_reader() {
         let (tx, rx) = mpsc::channel(1);
         drop(rx);
-        let end = read_all(r#"[1,2,3]"#.as_bytes(), Shape::Array, 0, 1, &tx);
+        let end = read_all(
+            r#"[1,2,3]"#.as_bytes(),
+            Shape::Array,
+            0,
+            1,
+            Limits::default(),
+            &tx,
+        );
         assert!(matches!(end, StreamEnd::Stopped));
+    }
+
+    /// `n` string elements of `len` bytes each, in an array or as a data object's entries.
+    fn document(shape: Shape, n: usize, len: usize) -> String {
+        let items: Vec<String> = (0..n)
+            .map(|_| format!("\"{}\"", "x".repeat(len - 2)))
+            .collect();
+        match shape {
+            Shape::Array => format!("[{}]", items.join(",")),
+            Shape::DataObject => format!(
+                r#"{{"meta":{{}},"data":{{{}}}}}"#,
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("\"k{i}\":{v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+
+    fn read_with(doc: &str, shape: Shape, limits: Limits) -> (usize, StreamEnd) {
+        let (tx, mut rx) = mpsc::channel(1 << 16);
+        let end = read_all(doc.as_bytes(), shape, 0, 1, limits, &tx);
+        drop(tx);
+        let mut items = 0;
+        while let Ok(b) = rx.try_recv() {
+            items += b.len();
+        }
+        (items, end)
+    }
+
+    #[test]
+    fn a_document_over_its_byte_limit_is_refused_after_the_items_within_it() {
+        for shape in [Shape::Array, Shape::DataObject] {
+            // 40 items of 128 KiB: 5 MiB in all, against a limit of 3 MiB.
+            let doc = document(shape, 40, 128 << 10);
+            let limits = Limits {
+                max_bytes: 3 << 20,
+                max_item_bytes: 1 << 20,
+            };
+            let (items, end) = read_with(&doc, shape, limits);
+            let StreamEnd::TooLarge(why) = end else {
+                panic!("{shape:?}: {end:?}")
+            };
+            assert_eq!(why, "the document is over its limit of 3145728 bytes");
+            // What was read before the limit was handed on: at most 3 MiB of items, less what was read ahead.
+            assert!((16..24).contains(&items), "{shape:?}: {items}");
+            let (items, end) = read_with(&doc, shape, Limits::default());
+            assert!(matches!(end, StreamEnd::Complete(40)), "{end:?}");
+            assert_eq!(items, 40);
+        }
+    }
+
+    #[test]
+    fn one_item_over_its_limit_is_refused_and_named_while_many_smaller_ones_pass() {
+        for shape in [Shape::Array, Shape::DataObject] {
+            let limits = Limits {
+                max_bytes: 1 << 30,
+                max_item_bytes: 1 << 20,
+            };
+            // Each item is under the limit plus what the reader may have read ahead; together they are far
+            // over it.
+            let (items, end) = read_with(&document(shape, 30, 512 << 10), shape, limits);
+            assert!(matches!(end, StreamEnd::Complete(30)), "{shape:?}: {end:?}");
+            assert_eq!(items, 30);
+            // Two small items, then one of 4 MiB.
+            let mut doc = document(shape, 2, 100);
+            let big = format!("\"{}\"", "y".repeat(4 << 20));
+            match shape {
+                Shape::Array => doc.insert_str(doc.len() - 1, &format!(",{big}")),
+                Shape::DataObject => doc.insert_str(doc.len() - 2, &format!(r#","big":{big}"#)),
+            }
+            let (items, end) = read_with(&doc, shape, limits);
+            let StreamEnd::TooLarge(why) = end else {
+                panic!("{shape:?}: {end:?}")
+            };
+            assert!(
+                why.starts_with(
+                    "item 3 is over the limit of 1048576 bytes for one item (still unfinished at byte "
+                ) && why.ends_with(" of the document)"),
+                "{shape:?}: {why}"
+            );
+            assert_eq!(items, 2, "{shape:?}");
+        }
     }
 }

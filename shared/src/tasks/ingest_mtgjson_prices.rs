@@ -192,8 +192,11 @@ impl Task for IngestMtgjsonPrices {
         let total_bytes = response.content_length().unwrap_or(0);
         let body = StreamReader::new(response.bytes_stream().map_err(std::io::Error::other));
         let (reader, bytes_read) = CountingReader::new(SyncIoBridge::new(body));
-        let (handshake, mut batches, reader_done) =
-            json_stream::spawn_with_meta(reader, args.batch_size as usize);
+        let (handshake, mut batches, reader_done) = json_stream::spawn_with_meta(
+            reader,
+            args.batch_size as usize,
+            ctx.settings().download_limits,
+        );
 
         // The version comes from `meta`, before any entry is read.
         let meta = handshake.meta.await.ok().flatten();

@@ -414,8 +414,13 @@ impl Task for IngestScryfallBulk {
         let total_bytes = response.content_length().or(item.size_hint()).unwrap_or(0);
         let body = StreamReader::new(response.bytes_stream().map_err(std::io::Error::other));
         let (reader, bytes_read) = CountingReader::new(SyncIoBridge::new(body));
-        let (mut batches, reader_done) =
-            json_stream::spawn(reader, Shape::Array, cursor, args.batch_size as usize);
+        let (mut batches, reader_done) = json_stream::spawn(
+            reader,
+            Shape::Array,
+            cursor,
+            args.batch_size as usize,
+            ctx.settings().download_limits,
+        );
         let mut progress = ctx.progress("bytes", total_bytes);
         let mut stopped = false;
 

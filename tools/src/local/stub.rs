@@ -33,6 +33,8 @@ pub enum Content {
         bytes: Bytes,
         after: usize,
     },
+    /// Bytes already gzip-compressed, sent with `Content-Encoding: gzip` (as Scryfall serves its bulk files).
+    Gzip(Bytes),
 }
 
 impl From<Vec<u8>> for Content {
@@ -48,6 +50,7 @@ impl Content {
             Content::File(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
             Content::Redirect(_) => 0,
             Content::Throttled { bytes, .. } | Content::Stalls { bytes, .. } => bytes.len() as u64,
+            Content::Gzip(bytes) => bytes.len() as u64,
         }
     }
 }
@@ -168,6 +171,12 @@ async fn file(State(state): State<Shared>, Path(name): Path<String>) -> Response
             });
             sized(len, Body::from_stream(body))
         }
+        Some(Content::Gzip(bytes)) => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_ENCODING, "gzip")],
+            bytes,
+        )
+            .into_response(),
         Some(Content::Stalls { bytes, after }) => {
             let len = bytes.len();
             let head = bytes.slice(..after.min(len));
