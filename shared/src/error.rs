@@ -171,13 +171,26 @@ impl From<sqlx::Error> for TaskError {
 /// SQLSTATEs that describe the server's state rather than the statement: connection exceptions (08),
 /// serialization failure and deadlock (40001, 40P01), a lock not granted within `lock_timeout` (55P03),
 /// insufficient resources (53), operator intervention such as a shutdown or a server still starting
-/// (57P01-57P03).
+/// (57P01-57P03), a statement cancelled or over `statement_timeout` (57014), a session ended by
+/// `idle_session_timeout` (57P05), a write refused because the server is a read-only replica, as a
+/// connection to a failed-over primary's old address finds it (25006), and system or I/O errors of the server
+/// (58000, 58030).
 fn is_transient_sqlstate(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || matches!(
             code,
-            "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
+            "40001"
+                | "40P01"
+                | "55P03"
+                | "57P01"
+                | "57P02"
+                | "57P03"
+                | "57P05"
+                | "57014"
+                | "25006"
+                | "58000"
+                | "58030"
         )
 }
 
@@ -264,11 +277,14 @@ mod tests {
     #[test]
     fn transient_sqlstates() {
         for code in [
-            "08006", "08001", "40001", "40P01", "55P03", "53300", "57P01", "57P03",
+            "08006", "08001", "40001", "40P01", "55P03", "53300", "57P01", "57P03", "57P05",
+            "57014", "25006", "58000", "58030",
         ] {
             assert!(is_transient_sqlstate(code), "{code} should be transient");
         }
-        for code in ["23505", "42P01", "22003", "42601"] {
+        for code in [
+            "23505", "42P01", "22003", "42601", "22P05", "25P02", "57P04",
+        ] {
             assert!(!is_transient_sqlstate(code), "{code} should be permanent");
         }
     }

@@ -4,6 +4,7 @@
 mod analytics;
 mod bad_input;
 mod batches;
+mod database_errors;
 mod direct_invoke;
 mod disruptive;
 mod docs;
