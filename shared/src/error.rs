@@ -54,6 +54,27 @@ pub mod class {
     pub const DOWNLOAD_TOO_LARGE: &str = "download_too_large";
 }
 
+/// The longest error message kept, in characters. A message goes to the logs, `task_runs.reason`, the DLQ's
+/// attributes and the Lambda error, and may quote its input (serde quotes a refused string in full): a 200 KB
+/// argument must not become a 200 KB reason. The message itself keeps everything its producer sent.
+pub const MAX_MESSAGE_CHARS: usize = 2_000;
+
+/// `message` with its middle cut to [`MAX_MESSAGE_CHARS`], keeping its start (what failed) and its end (the
+/// cause, which error chains put last), and saying how much was cut.
+fn capped(message: String) -> String {
+    let total = message.chars().count();
+    if total <= MAX_MESSAGE_CHARS {
+        return message;
+    }
+    let (head, tail) = (MAX_MESSAGE_CHARS * 3 / 4, MAX_MESSAGE_CHARS / 5);
+    let start: String = message.chars().take(head).collect();
+    let end: String = message.chars().skip(total - tail).collect();
+    format!(
+        "{start} [... {} characters cut ...] {end}",
+        total - head - tail
+    )
+}
+
 /// A task or runtime failure: its kind decides retry vs dead-letter; its class and message travel with
 /// the message to the DLQ.
 #[derive(Debug)]
@@ -73,7 +94,7 @@ impl TaskError {
         TaskError {
             kind,
             class: class.into(),
-            message: message.into(),
+            message: capped(message.into()),
             source: None,
         }
     }
@@ -96,7 +117,7 @@ impl TaskError {
 
     /// Prefixes the message with what was being done, like `anyhow::Context`.
     pub fn context(mut self, what: impl fmt::Display) -> Self {
-        self.message = format!("{what}: {}", self.message);
+        self.message = capped(format!("{what}: {}", self.message));
         self
     }
 
@@ -254,6 +275,26 @@ mod tests {
         let e = TaskError::retryable(class::THROTTLED, "slow down").context("sending to DLQ");
         assert!(e.is_retryable());
         assert_eq!(e.message(), "sending to DLQ: slow down");
+    }
+
+    #[test]
+    fn a_long_message_keeps_its_start_and_end_and_says_what_was_cut() {
+        let quoted = "é".repeat(200_000);
+        let e = TaskError::permanent(
+            class::INVALID_KWARGS,
+            format!("work_ms: invalid type: string \"{quoted}\", expected u32"),
+        );
+        let m = e.message();
+        assert!(m.chars().count() <= MAX_MESSAGE_CHARS + 40, "{}", m.len());
+        assert!(m.starts_with("work_ms: invalid type: string \"ééé"));
+        assert!(m.ends_with("ééé\", expected u32"));
+        // 200,000 + 46 characters, of which 1,500 are kept in front and 400 at the end.
+        assert!(m.contains(" [... 198146 characters cut ...] "), "{m}");
+        let e = e.context("task `ping`");
+        assert!(e.message().starts_with("task `ping`: work_ms"));
+        assert!(e.message().chars().count() <= MAX_MESSAGE_CHARS + 40);
+        let short = TaskError::permanent(class::INVALID_KWARGS, "x".repeat(MAX_MESSAGE_CHARS));
+        assert_eq!(short.message().len(), MAX_MESSAGE_CHARS);
     }
 
     #[test]

@@ -187,6 +187,12 @@ fn corpus() -> Vec<Bad> {
             "invalid type",
         ),
         bad(
+            "a 200 KB string where a number belongs (serde quotes it in its error)",
+            json!({"task": "ping", "kwargs": {"work_ms": "9".repeat(200_000)}}).to_string(),
+            KWARGS,
+            "work_ms: invalid type: string",
+        ),
+        bad(
             "negative duration",
             r#"{"task": "ping", "kwargs": {"work_ms": -1}}"#,
             KWARGS,
@@ -429,6 +435,16 @@ async fn every_kind_of_bad_message_is_dead_lettered_once_with_its_reason_and_its
     .await
     .unwrap();
     assert_eq!((succeeded, skipped), (goods, 1));
+    // However long the input it quotes, a reason stays short (the dead letter keeps the whole body, above,
+    // and its attribute the first kilobyte of the reason).
+    let longest: i32 = sqlx::query_scalar("SELECT max(length(reason)) FROM task_runs")
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+    assert!(
+        longest as usize <= dualcaster::error::MAX_MESSAGE_CHARS + 40,
+        "{longest}"
+    );
     println!(
         "{} kinds of bad message dead-lettered once each; {goods} batch-mates succeeded; 1 expired envelope skipped",
         corpus.len()
